@@ -1,0 +1,57 @@
+# localrank: `make demo` and `make test` are the two commands. Every target is idempotent:
+# it creates .venv, builds the package in release mode when its sources changed, then runs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.localrank-built
+
+# pyo3's build script must find the venv's interpreter, also for `cargo clippy`.
+export PYO3_PYTHON := $(abspath $(PY))
+# Tests and benches see the venv first.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+RUST_SOURCES := Cargo.toml Cargo.lock $(shell find rust -name '*.rs' -o -name Cargo.toml 2>/dev/null)
+
+.PHONY: all demo test bench build venv test-rust test-python lint clean
+
+all: build
+
+$(BIN)/maturin:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "maturin>=1.9,<2"
+
+venv: $(BIN)/maturin
+
+# Build the extension in release mode and install the package (editable) with its dev extras.
+$(STAMP): $(BIN)/maturin pyproject.toml $(RUST_SOURCES)
+	$(BIN)/maturin develop --release --extras dev --quiet
+	@touch $@
+
+build: $(STAMP)
+
+demo: build
+	$(BIN)/localrank demo
+
+test: build test-rust test-python lint
+
+test-rust:
+	cargo test -p localrank-core --release
+
+test-python: build
+	$(PY) -m pytest -q
+
+lint: build
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/ruff check python tests benches
+	$(PY) -m mypy.stubtest localrank._core
+
+bench: build
+	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops
+	$(PY) benches/compare.py
+
+clean:
+	rm -rf $(VENV) target python/localrank/*.so

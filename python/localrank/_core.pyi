@@ -1,0 +1,43 @@
+"""Type stubs for localrank's compiled core. Checked against the module by mypy.stubtest."""
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def score_topk(
+    u: npt.ArrayLike,
+    E: npt.ArrayLike,
+    bias: npt.ArrayLike,
+    category: npt.ArrayLike,
+    prior: npt.ArrayLike,
+    eligible: npt.ArrayLike,
+    *,
+    w_dot: float = 1.0,
+    w_prior: float = 1.0,
+    adjust: npt.ArrayLike | None = None,
+    k: int = 10,
+    threads: int = 1,
+    _kernel: str | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def score_topk_int8(
+    u: npt.ArrayLike,
+    q: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    bias: npt.ArrayLike,
+    category: npt.ArrayLike,
+    prior: npt.ArrayLike,
+    eligible: npt.ArrayLike,
+    *,
+    w_dot: float = 1.0,
+    w_prior: float = 1.0,
+    adjust: npt.ArrayLike | None = None,
+    k: int = 10,
+    rescore: npt.ArrayLike | None = None,
+    threads: int = 1,
+    _kernel: str | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def quantize_int8(E: npt.ArrayLike) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...
+def available_kernels() -> list[str]: ...
+def default_kernel() -> str: ...
+def _stream_sum(E: npt.ArrayLike, *, _kernel: str | None = None) -> float: ...

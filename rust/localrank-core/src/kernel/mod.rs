@@ -1,0 +1,182 @@
+//! Kernel paths: the same dot products written for each instruction set.
+//!
+//! Every path implements [`Simd`]. The scoring passes in [`crate::score`] and [`crate::int8`]
+//! are generic over it and get compiled once per path, inside a function carrying that
+//! path's `#[target_feature]`, so the dot product inlines into the row loop.
+//!
+//! Adding a path (the aarch64 NEON and SDOT paths, for instance) means: a module implementing
+//! [`Simd`], a [`Kernel`] variant, its detection in [`Kernel::is_available`], and its arm in
+//! the dispatchers.
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+/// The dot products a kernel path provides.
+///
+/// # Safety
+/// Implementations may use instructions the CPU lacks; callers must only call a path's
+/// methods after [`Kernel::is_available`] returned true for it.
+pub unsafe trait Simd {
+    /// `a · b` in f32. `a` and `b` have equal lengths.
+    unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32;
+    /// `a · b` in exact i32 arithmetic. `a` holds values in `[-128, 127]` and `b` in
+    /// `[-127, 127]`; their length is at most [`crate::int8::MAX_DIM`].
+    unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32;
+    /// The sum of all values, as a plain streaming read (the benchmark's memory floor).
+    unsafe fn sum_f32(a: &[f32]) -> f32;
+}
+
+/// A kernel path. `Scalar` exists on every target; the others where the CPU has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, no SIMD intrinsics. The reference every other path is tested against.
+    Scalar,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// aarch64 Advanced SIMD (NEON). Not built yet on this target.
+    Neon,
+    /// aarch64 NEON plus the SDOT int8 dot-product instruction. Not built yet on this target.
+    Sdot,
+}
+
+/// The environment variable that forces a path: `scalar`, `avx2`, `neon`, `sdot` or `auto`.
+pub const KERNEL_ENV: &str = "LOCALRANK_KERNEL";
+
+impl Kernel {
+    /// Every path this crate knows, in order of preference (worst first).
+    pub const ALL: [Kernel; 4] = [Kernel::Scalar, Kernel::Avx2, Kernel::Neon, Kernel::Sdot];
+
+    /// The path's name, as accepted by [`Kernel::from_name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Neon => "neon",
+            Kernel::Sdot => "sdot",
+        }
+    }
+
+    /// Parse a path name.
+    pub fn from_name(name: &str) -> Result<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| Error::Kernel {
+                expected: format!("expected one of scalar, avx2, neon, sdot or auto, got {name:?}"),
+            })
+    }
+
+    /// Whether this machine can run the path (compiled for this target and the CPU has it).
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            _ => false,
+        }
+    }
+
+    /// The paths this machine can run, worst first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+
+    /// The best path this machine can run.
+    pub fn detect() -> Kernel {
+        *Kernel::available()
+            .last()
+            .expect("the scalar path is always available")
+    }
+
+    /// Resolve a requested path: `None` or `"auto"` means the environment's choice
+    /// ([`KERNEL_ENV`]) or else the best available. A forced path the machine lacks is an error.
+    pub fn resolve(requested: Option<&str>) -> Result<Kernel> {
+        match requested {
+            Some(name) if name != "auto" => Kernel::from_name(name)?.require(),
+            _ => Kernel::from_env(),
+        }
+    }
+
+    /// The path chosen by [`KERNEL_ENV`], read once per process, or the best available.
+    pub fn from_env() -> Result<Kernel> {
+        static CHOICE: OnceLock<Result<Kernel>> = OnceLock::new();
+        CHOICE
+            .get_or_init(|| match std::env::var(KERNEL_ENV) {
+                Ok(name) if !name.is_empty() && name != "auto" => Kernel::from_name(&name)
+                    .and_then(Kernel::require)
+                    .map_err(|e| Error::Kernel {
+                        expected: format!("{KERNEL_ENV}: {e}"),
+                    }),
+                _ => Ok(Kernel::detect()),
+            })
+            .clone()
+    }
+
+    fn require(self) -> Result<Kernel> {
+        if self.is_available() {
+            Ok(self)
+        } else {
+            Err(Error::Kernel {
+                expected: format!(
+                    "the {} path is not available on this machine (available: {})",
+                    self.name(),
+                    Kernel::available()
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
+    }
+}
+
+/// A plain read of every value, summed, on the given path: the memory floor the benchmark
+/// compares the scoring pass against.
+pub fn stream_sum(data: &[f32], kernel: Kernel) -> Result<f32> {
+    let kernel = kernel.require()?;
+    Ok(match kernel {
+        // SAFETY: the scalar path uses no target features.
+        Kernel::Scalar => unsafe { scalar::Scalar::sum_f32(data) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `require` checked that the CPU has AVX2 and FMA.
+        Kernel::Avx2 => unsafe { x86::sum_f32(data) },
+        _ => unreachable!("require() refuses paths not built for this target"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_always_available_and_names_round_trip() {
+        assert!(Kernel::Scalar.is_available());
+        for k in Kernel::ALL {
+            assert_eq!(Kernel::from_name(k.name()).unwrap(), k);
+        }
+        assert!(Kernel::from_name("sse9").is_err());
+    }
+
+    #[test]
+    fn stream_sum_agrees_across_paths() {
+        let data: Vec<f32> = (0..1003).map(|i| (i % 7) as f32 - 3.0).collect();
+        let want: f32 = data.iter().sum();
+        for k in Kernel::available() {
+            let got = stream_sum(&data, k).unwrap();
+            println!("stream_sum on path {}", k.name());
+            assert_eq!(got, want, "path {}", k.name());
+        }
+    }
+}
