@@ -107,6 +107,7 @@ unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
         let signed_b = _mm256_sign_epi8(vb, va);
         let pairs = _mm256_maddubs_epi16(abs_a, signed_b);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+        i += 32;
     }
     let lo = _mm256_castsi256_si128(acc);
     let hi = _mm256_extracti128_si256(acc, 1);
