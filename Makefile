@@ -55,3 +55,27 @@ bench: build
 
 clean:
 	rm -rf $(VENV) target python/localrank/*.so
+
+# aarch64, from an x86-64 Debian machine (docs/arm.md). The scripts install Debian's cross
+# toolchain and qemu when missing (scripts/arm64-toolchain.sh) and build into target-aarch64/.
+.PHONY: arm64-toolchain test-arm64 build-arm64 wheel-arm64 smoke-arm64
+
+arm64-toolchain:
+	scripts/arm64-toolchain.sh
+
+# Cross-compile the core and run its tests under qemu, on a CPU with dotprod and one without,
+# so that the scalar, neon and sdot paths all run against the scalar reference.
+test-arm64:
+	scripts/arm64-test.sh
+
+# Cross-compile the core's tests for aarch64 (warnings are errors) without running them.
+build-arm64:
+	scripts/arm64-test.sh --build-only
+
+# The aarch64 abi3 wheel, in target-aarch64/wheels/.
+wheel-arm64: venv
+	scripts/arm64-wheel.sh --build-only
+
+# The wheel, imported and checked against numpy by an emulated aarch64 Python.
+smoke-arm64: venv
+	scripts/arm64-wheel.sh

@@ -307,6 +307,10 @@ fn dispatch_f32(job: &F32Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Resul
         // SAFETY: callers resolve `kernel` through `Kernel::resolve`/`detect`, which only yield
         // Avx2 when the CPU has AVX2 and FMA; `check_available` re-checks below.
         Kernel::Avx2 => unsafe { crate::kernel::x86::pass_f32(job, lo, hi) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as for Avx2, `check_available` ran before any pass; NEON and SDOT share the
+        // f32 pass and both imply NEON.
+        Kernel::Neon | Kernel::Sdot => unsafe { crate::kernel::aarch64::pass_f32(job, lo, hi) },
         other => Err(Error::Kernel {
             expected: format!("the {} path is not built for this target", other.name()),
         }),

@@ -4,14 +4,16 @@
 //! are generic over it and get compiled once per path, inside a function carrying that
 //! path's `#[target_feature]`, so the dot product inlines into the row loop.
 //!
-//! Adding a path (the aarch64 NEON and SDOT paths, for instance) means: a module implementing
-//! [`Simd`], a [`Kernel`] variant, its detection in [`Kernel::is_available`], and its arm in
-//! the dispatchers.
+//! Adding a path means: a module implementing [`Simd`], a [`Kernel`] variant, its detection in
+//! [`Kernel::is_available`], and its arm in the dispatchers (`dispatch_f32` in
+//! [`crate::score`], `dispatch_i8` in [`crate::int8`] and [`stream_sum`] here).
 
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -23,11 +25,21 @@ pub mod x86;
 /// methods after [`Kernel::is_available`] returned true for it.
 pub unsafe trait Simd {
     /// `a · b` in f32. `a` and `b` have equal lengths.
+    ///
+    /// # Safety
+    /// The CPU must have the path's features ([`Kernel::is_available`]).
     unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32;
     /// `a · b` in exact i32 arithmetic. `a` holds values in `[-128, 127]` and `b` in
     /// `[-127, 127]`; their length is at most [`crate::int8::MAX_DIM`].
+    ///
+    /// # Safety
+    /// The CPU must have the path's features ([`Kernel::is_available`]). Outside the value
+    /// and length ranges above the result may be wrong, but memory stays safe.
     unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32;
     /// The sum of all values, as a plain streaming read (the benchmark's memory floor).
+    ///
+    /// # Safety
+    /// The CPU must have the path's features ([`Kernel::is_available`]).
     unsafe fn sum_f32(a: &[f32]) -> f32;
 }
 
@@ -38,9 +50,10 @@ pub enum Kernel {
     Scalar,
     /// x86-64 with AVX2 and FMA.
     Avx2,
-    /// aarch64 Advanced SIMD (NEON). Not built yet on this target.
+    /// aarch64 Advanced SIMD (NEON): f32 with FMA, int8 with widening multiply-accumulate.
     Neon,
-    /// aarch64 NEON plus the SDOT int8 dot-product instruction. Not built yet on this target.
+    /// aarch64 NEON plus the SDOT int8 dot-product instruction (FEAT_DotProd, `asimddp` in
+    /// /proc/cpuinfo). f32 is the same as [`Kernel::Neon`].
     Sdot,
 }
 
@@ -79,6 +92,13 @@ impl Kernel {
             Kernel::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Sdot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
             }
             _ => false,
         }
@@ -152,6 +172,10 @@ pub fn stream_sum(data: &[f32], kernel: Kernel) -> Result<f32> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `require` checked that the CPU has AVX2 and FMA.
         Kernel::Avx2 => unsafe { x86::sum_f32(data) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `require` checked that the CPU has NEON (SDOT implies it); the sum is the
+        // same on both paths.
+        Kernel::Neon | Kernel::Sdot => unsafe { aarch64::sum_f32(data) },
         _ => unreachable!("require() refuses paths not built for this target"),
     })
 }

@@ -1,0 +1,243 @@
+//! The aarch64 paths: NEON (Advanced SIMD) and SDOT (NEON plus the FEAT_DotProd int8
+//! dot-product instruction).
+//!
+//! f32 dots use four independent 4-lane FMA accumulators to hide FMA latency; both paths share
+//! them, since SDOT only adds an integer instruction.
+//!
+//! int8 dots on NEON widen with `smull`/`smlal` (`vmull_s8`/`vmlal_s8`) into i16 and pairwise
+//! add into i32 with `sadalp` (`vpadalq_s16`). Each i16 lane holds the sum of two products,
+//! at most 2·128·127 = 32512 < 2^15 in magnitude, which is exact as long as the user vector
+//! never holds -128 (the internally quantised one never does); the stored row may.
+//!
+//! int8 dots on SDOT use `sdot`, four signed 8-bit products summed into each i32 lane, exact
+//! for every input. Its intrinsic (`vdotq_s32`) is not stable on the Rust this project builds
+//! with, so it is written as inline `asm!` inside a function compiled with `dotprod`, and only
+//! reached after runtime detection of that feature.
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::Simd;
+use crate::error::Result;
+use crate::int8::Int8Job;
+use crate::score::F32Job;
+use crate::topk::TopK;
+
+/// The NEON path: every aarch64 CPU that Linux runs on has it.
+pub struct Neon;
+
+/// The NEON path with SDOT for int8 (Cortex-A76 and later, Neoverse N1 and later, Apple M1).
+pub struct Sdot;
+
+// SAFETY: every method is only reached through `Kernel::Neon`, which `Kernel::require` and
+// `Kernel::is_available` gate on runtime detection of NEON.
+unsafe impl Simd for Neon {
+    #[inline(always)]
+    unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        dot_f32(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        dot_i8_neon(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn sum_f32(a: &[f32]) -> f32 {
+        sum_f32(a)
+    }
+}
+
+// SAFETY: every method is only reached through `Kernel::Sdot`, which `Kernel::require` and
+// `Kernel::is_available` gate on runtime detection of NEON and dotprod.
+unsafe impl Simd for Sdot {
+    #[inline(always)]
+    unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        dot_f32(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        dot_i8_sdot(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn sum_f32(a: &[f32]) -> f32 {
+        sum_f32(a)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = vdupq_n_f32(0.0);
+    let mut acc1 = vdupq_n_f32(0.0);
+    let mut acc2 = vdupq_n_f32(0.0);
+    let mut acc3 = vdupq_n_f32(0.0);
+    let mut i = 0;
+    // SAFETY (all loads below): i + 16 <= n, i + 4 <= n and i < n bound every read inside
+    // both slices; vld1q has no alignment requirement beyond the element's.
+    while i + 16 <= n {
+        acc0 = vfmaq_f32(acc0, vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
+        acc1 = vfmaq_f32(acc1, vld1q_f32(pa.add(i + 4)), vld1q_f32(pb.add(i + 4)));
+        acc2 = vfmaq_f32(acc2, vld1q_f32(pa.add(i + 8)), vld1q_f32(pb.add(i + 8)));
+        acc3 = vfmaq_f32(acc3, vld1q_f32(pa.add(i + 12)), vld1q_f32(pb.add(i + 12)));
+        i += 16;
+    }
+    while i + 4 <= n {
+        acc0 = vfmaq_f32(acc0, vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
+        i += 4;
+    }
+    let acc = vaddq_f32(vaddq_f32(acc0, acc1), vaddq_f32(acc2, acc3));
+    let mut s = vaddvq_f32(acc);
+    while i < n {
+        s = (*pa.add(i)).mul_add(*pb.add(i), s);
+        i += 1;
+    }
+    s
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn dot_i8_neon(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // Two i32 accumulators so consecutive `sadalp`s do not wait on each other. Each lane
+    // gains at most 4·128·127 per 32 bytes; with n <= MAX_DIM = 2^16 that stays below 2^31.
+    let mut acc0 = vdupq_n_s32(0);
+    let mut acc1 = vdupq_n_s32(0);
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 <= n keeps all four 16-byte reads inside the slices.
+        let (va0, vb0) = (vld1q_s8(pa.add(i)), vld1q_s8(pb.add(i)));
+        let (va1, vb1) = (vld1q_s8(pa.add(i + 16)), vld1q_s8(pb.add(i + 16)));
+        // Lane j of each i16 vector: a[j]·b[j] + a[j+8]·b[j+8], |·| <= 32512 (b != -128).
+        let p0 = vmlal_high_s8(vmull_s8(vget_low_s8(va0), vget_low_s8(vb0)), va0, vb0);
+        let p1 = vmlal_high_s8(vmull_s8(vget_low_s8(va1), vget_low_s8(vb1)), va1, vb1);
+        acc0 = vpadalq_s16(acc0, p0);
+        acc1 = vpadalq_s16(acc1, p1);
+        i += 32;
+    }
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n keeps both 16-byte reads inside the slices.
+        let (va, vb) = (vld1q_s8(pa.add(i)), vld1q_s8(pb.add(i)));
+        let p = vmlal_high_s8(vmull_s8(vget_low_s8(va), vget_low_s8(vb)), va, vb);
+        acc0 = vpadalq_s16(acc0, p);
+        i += 16;
+    }
+    let mut total = vaddvq_s32(vaddq_s32(acc0, acc1));
+    while i < n {
+        // SAFETY: i < n.
+        total += *pa.add(i) as i32 * *pb.add(i) as i32;
+        i += 1;
+    }
+    total
+}
+
+/// `acc + sdot(a, b)`: each i32 lane of `acc` gains the four products of its four bytes.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: the enclosing function is compiled with dotprod and only reached after runtime
+    // detection of it; the instruction reads and writes registers only.
+    asm!(
+        "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+        acc = inout(vreg) acc,
+        a = in(vreg) a,
+        b = in(vreg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn dot_i8_sdot(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // Four accumulators: `sdot` has a latency of 2–4 cycles and throughput of 2 per cycle on
+    // the cores that have it. Each lane gains at most 4·128·128 per instruction; with
+    // n <= MAX_DIM = 2^16 that stays far below 2^31.
+    let mut acc0 = vdupq_n_s32(0);
+    let mut acc1 = vdupq_n_s32(0);
+    let mut acc2 = vdupq_n_s32(0);
+    let mut acc3 = vdupq_n_s32(0);
+    let mut i = 0;
+    // SAFETY (all loads below): i + 64 <= n and i + 16 <= n keep every 16-byte read inside
+    // both slices.
+    while i + 64 <= n {
+        acc0 = sdot(acc0, vld1q_s8(pa.add(i)), vld1q_s8(pb.add(i)));
+        acc1 = sdot(acc1, vld1q_s8(pa.add(i + 16)), vld1q_s8(pb.add(i + 16)));
+        acc2 = sdot(acc2, vld1q_s8(pa.add(i + 32)), vld1q_s8(pb.add(i + 32)));
+        acc3 = sdot(acc3, vld1q_s8(pa.add(i + 48)), vld1q_s8(pb.add(i + 48)));
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc0 = sdot(acc0, vld1q_s8(pa.add(i)), vld1q_s8(pb.add(i)));
+        i += 16;
+    }
+    let acc = vaddq_s32(vaddq_s32(acc0, acc1), vaddq_s32(acc2, acc3));
+    let mut total = vaddvq_s32(acc);
+    while i < n {
+        // SAFETY: i < n.
+        total += *pa.add(i) as i32 * *pb.add(i) as i32;
+        i += 1;
+    }
+    total
+}
+
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn sum_f32(a: &[f32]) -> f32 {
+    let n = a.len();
+    let p = a.as_ptr();
+    let mut acc0 = vdupq_n_f32(0.0);
+    let mut acc1 = vdupq_n_f32(0.0);
+    let mut acc2 = vdupq_n_f32(0.0);
+    let mut acc3 = vdupq_n_f32(0.0);
+    let mut i = 0;
+    // SAFETY: i + 16 <= n and i < n keep every read inside the slice.
+    while i + 16 <= n {
+        acc0 = vaddq_f32(acc0, vld1q_f32(p.add(i)));
+        acc1 = vaddq_f32(acc1, vld1q_f32(p.add(i + 4)));
+        acc2 = vaddq_f32(acc2, vld1q_f32(p.add(i + 8)));
+        acc3 = vaddq_f32(acc3, vld1q_f32(p.add(i + 12)));
+        i += 16;
+    }
+    let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(acc0, acc1), vaddq_f32(acc2, acc3)));
+    while i < n {
+        s += *p.add(i);
+        i += 1;
+    }
+    s
+}
+
+/// The f32 scoring pass compiled with NEON enabled. The SDOT path uses it too: SDOT adds
+/// nothing for f32.
+///
+/// # Safety
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn pass_f32(job: &F32Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
+    crate::score::pass_f32::<Neon>(job, lo, hi)
+}
+
+/// The int8 scoring pass on plain NEON (widening multiply-accumulate).
+///
+/// # Safety
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn pass_i8_neon(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
+    crate::int8::pass_i8::<Neon>(job, lo, hi)
+}
+
+/// The int8 scoring pass with SDOT.
+///
+/// # Safety
+/// The CPU must have NEON and dotprod.
+#[target_feature(enable = "neon,dotprod")]
+pub(crate) unsafe fn pass_i8_sdot(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
+    crate::int8::pass_i8::<Sdot>(job, lo, hi)
+}
