@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 
 /// The largest sensitivity accepted. Counts of reports bounded by `L` per device have `Δ = L`;
 /// nothing near 2³² is meaningful.
-pub const MAX_SENSITIVITY: u64 = 1 << 32;
+pub const MAX_SENSITIVITY: i64 = 1 << 32;
 
 /// The discrete Laplace distribution `P(z) ∝ exp(−|z|·s/t)` with `s/t = ε/Δ` in lowest terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl DiscreteLaplace {
     ///
     /// Errors name `"epsilon"` (zero numerator or denominator, or `ε/Δ < 2^-32`, where the
     /// noise would exceed any count) or `"sensitivity"` (outside `[1, 2^32]`).
-    pub fn new(epsilon_num: u64, epsilon_den: u64, sensitivity: u64) -> Result<Self> {
+    pub fn new(epsilon_num: u64, epsilon_den: u64, sensitivity: i64) -> Result<Self> {
         if epsilon_num == 0 || epsilon_den == 0 {
             return Err(Error::input(
                 "epsilon",
@@ -56,7 +56,8 @@ impl DiscreteLaplace {
             ));
         }
         let s = u128::from(epsilon_num);
-        let t = u128::from(epsilon_den) * u128::from(sensitivity);
+        // In range, so positive: the cast is exact.
+        let t = u128::from(epsilon_den) * sensitivity as u128;
         // Scale t/s ≤ 2^32 bounds |Z| well inside i64 (see `sample`).
         if t > s << 32 {
             return Err(Error::input(
@@ -273,7 +274,7 @@ mod tests {
             Some("epsilon")
         );
         assert_eq!(
-            DiscreteLaplace::new(1, 1, 0).unwrap_err().arg(),
+            DiscreteLaplace::new(1, 1, -2).unwrap_err().arg(),
             Some("sensitivity")
         );
         assert_eq!(
