@@ -356,7 +356,9 @@ def discrete_laplace(
         counts: integer array of any shape.
         epsilon: ε as an exact rational. A ``float`` means its exact binary value (``0.1`` is
             ``3602879701896397/2**55``); pass ``Fraction(1, 10)`` (or ``Fraction("0.1")``) for
-            exactly one tenth. Numerator and denominator must be below ``2**64``.
+            exactly one tenth. Numerator and denominator must be below ``2**64``, which
+            rules out floats below about ``2**-11`` (``1e-6`` is ``4722366482869645/2**72``):
+            pass those as a Fraction. ``ε/Δ`` must be at least ``2**-32``.
         sensitivity: ``Δ``, an integer in ``[1, 2**32]``: how much one device can change any
             count (``L`` for engagement counts when a device sends at most ``L`` reports).
         seed: testing only.
