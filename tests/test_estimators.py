@@ -45,7 +45,7 @@ stats_only = pytest.mark.skipif(
 def zipf_counts(n: int, d: int) -> npt.NDArray[np.int64]:
     """Fixed true counts, Zipf(1.1)-shaped, summing to n exactly (20653 down to 46 at 100k/256)."""
     w = 1.0 / np.arange(1, d + 1) ** 1.1
-    c = np.floor(w / w.sum() * n).astype(np.int64)
+    c: npt.NDArray[np.int64] = np.floor(w / w.sum() * n).astype(np.int64)
     c[: n - int(c.sum())] += 1
     return c
 

@@ -82,8 +82,9 @@ def assert_binomial(counts: npt.NDArray[np.int64], m: int, probability: float, w
 @pytest.mark.parametrize("epsilon_perm", [None, 4.0])
 def test_grr_frequencies_match_p_and_q(epsilon_perm: float | None) -> None:
     """m = 200k devices hold value 17 of d = 256 at ε = 2. The report equals 17 ~ Bin(m, p);
-    each of the other 255 values ~ Bin(m, q) (m·q = 762): this also catches a modulo bias in
-    choosing the other value. Chained reports are checked against (p*, q*)."""
+    each of the other 255 values ~ Bin(m, q) (m·q = 762), which also catches a visibly
+    non-uniform choice of the other value (such as an 8-bit draw taken modulo 255). Chained
+    reports are checked against (p*, q*)."""
     d, m, v = 256, 200_000, 17
     values = np.full(m, v)
     if epsilon_perm is None:
@@ -178,13 +179,13 @@ def test_randomizer_chains_the_two_stages() -> None:
     memo = r.permanent([3, 200])
     wire = r.instantaneous(memo)
     assert memo.shape == wire.shape == (2, 32) and wire.dtype == np.uint8
-    g = ldp.Randomizer("grr", 10, 2.0, 4.0)
+    g = ldp.Randomizer(ldp.Oracle("grr"), 10, 2.0, 4.0)
     assert g.oracle is ldp.Oracle.GRR
     assert ldp.Randomizer.for_domain(10, 2.0, 4.0) == g
     out = g.instantaneous(g.permanent(np.arange(10)))
     assert out.dtype == np.int64 and out.shape == (10,) and out.min() >= 0 and out.max() < 10
     with pytest.raises(InputError, match=r"^epsilon_perm:"):
-        ldp.Randomizer("grr", 10, 2.0, 0.0)
+        ldp.Randomizer(ldp.Oracle.GRR, 10, 2.0, 0.0)
 
 
 # --- discrete Laplace -------------------------------------------------------------------------

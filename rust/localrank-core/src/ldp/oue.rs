@@ -29,6 +29,22 @@ pub(crate) fn zero_to_zero(epsilon: Epsilon) -> f64 {
     1.0 / (1.0 + (-epsilon.get()).exp())
 }
 
+/// `rows·stride` zero bytes, or an error naming `arg` when that cannot be allocated: OUE output
+/// grows as `m·d/8`, and a refused input is better than an aborted process.
+fn zeroed(rows: usize, stride: usize, arg: &'static str) -> Result<Vec<u8>> {
+    let too_big = || {
+        Error::input(
+            arg,
+            format!("{rows} reports of {stride} bytes each do not fit in memory"),
+        )
+    };
+    let len = rows.checked_mul(stride).ok_or_else(too_big)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| too_big())?;
+    out.resize(len, 0);
+    Ok(out)
+}
+
 /// An OUE randomiser for one `(d, ε)`.
 #[derive(Debug, Clone)]
 pub struct Oue {
@@ -68,7 +84,7 @@ impl Oue {
     /// Values are checked before any randomness is drawn; errors name `arg`.
     pub fn perturb(&self, values: &[i64], arg: &'static str, rng: &mut Rng) -> Result<Vec<u8>> {
         check_values(values, self.d as u64, arg)?;
-        let mut out = vec![0u8; values.len() * self.stride];
+        let mut out = zeroed(values.len(), self.stride, arg)?;
         for (row, &value) in out.chunks_exact_mut(self.stride).zip(values) {
             let hot = value as usize;
             self.fill_row(row, |j| j == hot, rng);
@@ -105,7 +121,7 @@ impl Oue {
                 ),
             ));
         }
-        let mut out = vec![0u8; bits.len()];
+        let mut out = zeroed(bits.len() / self.stride, self.stride, arg)?;
         for (row, input) in out
             .chunks_exact_mut(self.stride)
             .zip(bits.chunks_exact(self.stride))
@@ -233,6 +249,9 @@ mod tests {
             o.perturb(&[10], "values", &mut rng).unwrap_err().arg(),
             Some("values")
         );
+        // 2^61 reports of 2^29 bytes (d = 2^32) cannot be allocated.
+        let err = zeroed(1 << 61, 1 << 29, "values").unwrap_err();
+        assert_eq!(err.arg(), Some("values"));
         // d a multiple of 8 has no padding.
         let o = oue(16, 1.0);
         assert!(o.reperturb(&[0xff, 0xff], "permanent", &mut rng).is_ok());
