@@ -1,5 +1,6 @@
 //! localrank's core: the fused offer-scoring kernel, top-k selection, int8 embeddings and the
-//! kernel paths behind them. Pure Rust, no Python; the `localrank-py` crate binds it.
+//! kernel paths behind them, and the privacy mechanisms reports go through ([`ldp`]). Pure Rust,
+//! no Python; the `localrank-py` crate binds it.
 //!
 //! The score of an eligible offer `i` is
 //! `((w_dot·(u·E[i]) + bias[i]) + w_prior·prior[category[i]]) + adjust[i]`;
@@ -8,6 +9,7 @@
 pub mod error;
 pub mod int8;
 pub mod kernel;
+pub mod ldp;
 pub mod score;
 pub mod topk;
 

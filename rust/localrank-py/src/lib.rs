@@ -3,6 +3,7 @@
 
 mod convert;
 mod errors;
+mod ldp;
 
 use localrank_core::{Kernel, Matrix, Options, Terms};
 use numpy::{PyArray1, PyArrayMethods};
@@ -239,6 +240,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(available_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(default_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(_stream_sum, m)?)?;
+    ldp::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
