@@ -38,7 +38,7 @@ demo: build
 test: build test-rust test-python lint
 
 test-rust:
-	cargo test -p localrank-core --release
+	cargo test -p localrank-core --release -- --nocapture
 
 test-python: build
 	$(PY) -m pytest -q
@@ -84,4 +84,4 @@ smoke-arm64: venv
 # its false-failure rate below 1e-3. Prints the measured variance ratios and pooled z.
 .PHONY: stats
 stats: build
-	LOCALRANK_STATS=1 $(PY) -m pytest -q -s -m slow tests/test_estimators.py tests/test_ldp.py
+	$(PY) -m pytest -q -s -m 'slow or stats' tests/test_estimators.py tests/test_ldp.py

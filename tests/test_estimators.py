@@ -9,7 +9,6 @@ computed in their docstrings.
 from __future__ import annotations
 
 import math
-import os
 from fractions import Fraction
 
 import numpy as np
@@ -36,10 +35,8 @@ N, D, EPS, EPS_PERM = 100_000, 256, 2.0, 4.0
 #: Runs of the estimator-statistics tests. See `check_estimator_statistics` for why 16.
 R = 16
 
-stats_only = pytest.mark.skipif(
-    not os.environ.get("LOCALRANK_STATS"),
-    reason="long statistical run: `make stats`",
-)
+#: Long statistical runs that `make test` deselects (pyproject's addopts) and `make stats` runs.
+stats_only = pytest.mark.stats
 
 
 def zipf_counts(n: int, d: int) -> npt.NDArray[np.int64]:

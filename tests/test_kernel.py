@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from numpy_reference import assert_same, reference_scores, reference_topk
 
 import localrank
+from numpy_reference import assert_same, reference_scores, reference_topk
 
 KERNELS = localrank.available_kernels()
 
@@ -102,7 +102,7 @@ def test_matches_numpy_reference(
 def test_every_path_agrees_with_scalar(kernel: str) -> None:
     for seed, d in enumerate([1, 3, 8, 17, 31, 64, 100, 257]):
         case = make_case(n=2000, d=d, seed=seed)
-        s_idx, s_scores = call(case, k=50, _kernel="scalar")
+        _, s_scores = call(case, k=50, _kernel="scalar")
         idx, scores = call(case, k=50, _kernel=kernel)
         assert_same(idx, ref(case), case["eligible"], 50)
         np.testing.assert_allclose(scores, s_scores, rtol=1e-5, atol=1e-5)
@@ -191,8 +191,8 @@ def test_threads_give_identical_results() -> None:
 
 def test_other_numeric_dtypes_are_converted_once() -> None:
     case = make_case(n=300, d=12, seed=6)
-    idx, scores = call(case, k=10)
-    idx64, scores64 = localrank.score_topk(
+    idx, _ = call(case, k=10)
+    idx64, _ = localrank.score_topk(
         case["u"].astype(np.float64), case["E"].astype(np.float64), case["bias"].tolist(),
         case["category"].astype(np.int64), case["prior"].astype(np.float16).astype(np.float64),
         case["eligible"], adjust=case["adjust"].astype(np.float64), k=10,

@@ -6,6 +6,25 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "__version__",
+    "_stream_sum",
+    "available_kernels",
+    "choose_oracle",
+    "default_kernel",
+    "discrete_laplace",
+    "grr_instantaneous",
+    "grr_permanent",
+    "grr_perturb",
+    "ldp_effective_probabilities",
+    "ldp_probabilities",
+    "oue_instantaneous",
+    "oue_permanent",
+    "oue_perturb",
+    "quantize_int8",
+    "score_topk",
+    "score_topk_int8",
+]
 
 def score_topk(
     u: npt.ArrayLike,

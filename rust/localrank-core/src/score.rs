@@ -8,7 +8,7 @@
 //! the row re-read to say which argument was at fault.
 
 use crate::error::{Error, Result};
-use crate::kernel::{scalar::Scalar, Kernel, Simd};
+use crate::kernel::{scalar::Scalar, Kernel, Simd, BATCH};
 use crate::topk::TopK;
 
 /// A borrowed row-major matrix: `data.len() == rows * cols`.
@@ -38,6 +38,18 @@ impl<'a, T> Matrix<'a, T> {
     #[inline(always)]
     pub(crate) fn row(&self, i: usize) -> &'a [T] {
         &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Row `i` without the bounds check, for the passes' inner loops.
+    ///
+    /// # Safety
+    /// `i < self.rows`.
+    #[inline(always)]
+    pub(crate) unsafe fn row_unchecked(&self, i: usize) -> &'a [T] {
+        debug_assert!(i < self.rows);
+        // SAFETY: i < rows and data.len() == rows * cols (checked by `Matrix::new`), so the
+        // range i*cols..(i+1)*cols lies inside `data`.
+        unsafe { self.data.get_unchecked(i * self.cols..(i + 1) * self.cols) }
     }
 }
 
@@ -178,18 +190,29 @@ impl<'a> Terms<'a> {
     #[inline(always)]
     pub(crate) fn category_of(&self, i: usize) -> Result<usize> {
         let c = self.category[i];
-        if (c as u32 as usize) < self.prior.len() && c >= 0 {
+        if self.category_ok(c) {
             Ok(c as usize)
         } else {
-            Err(Error::input(
-                "category",
-                format!(
-                    "expected values in [0, {}) (the length of prior) for eligible rows, \
-                     got category[{i}] = {c}",
-                    self.prior.len()
-                ),
-            ))
+            Err(self.category_error(i, c))
         }
+    }
+
+    /// Whether `c` indexes `prior` (one unsigned compare: negative values wrap above any length).
+    #[inline(always)]
+    fn category_ok(&self, c: i32) -> bool {
+        (c as u32 as usize) < self.prior.len()
+    }
+
+    #[cold]
+    fn category_error(&self, i: usize, c: i32) -> Error {
+        Error::input(
+            "category",
+            format!(
+                "expected values in [0, {}) (the length of prior) for eligible rows, \
+                 got category[{i}] = {c}",
+                self.prior.len()
+            ),
+        )
     }
 
     /// The fused score, given the row's dot product.
@@ -200,6 +223,24 @@ impl<'a> Terms<'a> {
             None => 0.0,
         };
         ((self.w_dot * dot + self.bias[i]) + self.w_prior * self.prior[c]) + adj
+    }
+
+    /// [`Terms::combine`] without bounds checks, for the batched fast path.
+    ///
+    /// # Safety
+    /// `i < n` (the validated length of bias and adjust) and `c < prior.len()`.
+    #[inline(always)]
+    pub(crate) unsafe fn combine_unchecked(&self, i: usize, c: usize, dot: f32) -> f32 {
+        // SAFETY: the caller guarantees both indices are in range.
+        unsafe {
+            let adj = match self.adjust {
+                Some(a) => *a.get_unchecked(i),
+                None => 0.0,
+            };
+            ((self.w_dot * dot + *self.bias.get_unchecked(i))
+                + self.w_prior * *self.prior.get_unchecked(c))
+                + adj
+        }
     }
 
     /// Explain a non-finite score. `embedding_fault` is the row's own fault, if the
@@ -276,27 +317,151 @@ fn embedding_row_fault(e: &Matrix<'_, f32>, i: usize) -> Option<Error> {
     })
 }
 
-/// The f32 pass over rows `lo..hi`, generic over the kernel path.
+/// Whether the [`BATCH`] rows from `i` are all eligible, with one 4-byte load.
+///
+/// # Safety
+/// `i + BATCH <= eligible.len()`.
+#[inline(always)]
+unsafe fn batch_eligible(eligible: &[bool], i: usize) -> bool {
+    const _: () = assert!(
+        BATCH == 4,
+        "batch_eligible reads the batch's flags as one u32"
+    );
+    debug_assert!(i + BATCH <= eligible.len());
+    // SAFETY: the four bytes are inside the slice; a bool is one byte holding 0 or 1.
+    let word = unsafe { std::ptr::read_unaligned(eligible.as_ptr().add(i) as *const u32) };
+    word == 0x0101_0101
+}
+
+/// The next [`BATCH`] eligible rows at or after `i`, ascending; entries ≥ `hi` mean "none".
+/// A batch of consecutive eligible rows, the common case, costs one load.
+#[inline(always)]
+pub(crate) fn next_batch(eligible: &[bool], i: usize, hi: usize) -> [usize; BATCH] {
+    let mut rows = [0usize; BATCH];
+    // SAFETY: i + BATCH <= hi <= eligible.len() (lengths validated against n before any pass).
+    if i + BATCH <= hi && unsafe { batch_eligible(eligible, i) } {
+        for (r, row) in rows.iter_mut().enumerate() {
+            *row = i + r;
+        }
+        return rows;
+    }
+    let mut next = i;
+    for row in rows.iter_mut() {
+        next = next_eligible(eligible, next, hi);
+        *row = next;
+        next += 1;
+    }
+    rows
+}
+
+/// The first eligible row at or after `i`, or a value ≥ `hi` if there is none.
+///
+/// The passes gather a batch of rows with plain loops whose indices stay in registers: an
+/// iterator holding a pending-rows array in memory, or a callback (compiled without the
+/// kernel's target features, so called across a `vzeroupper`), made the pass 3× slower.
+#[inline(always)]
+pub(crate) fn next_eligible(eligible: &[bool], mut i: usize, hi: usize) -> usize {
+    while i < hi && !eligible[i] {
+        i += 1;
+    }
+    i
+}
+
+/// The per-row tail of every pass: category check, fused score, finiteness check, top-k push.
+/// `fault` explains a non-finite score from the embedding side; it runs only on that cold path.
+#[inline(always)]
+pub(crate) fn finish_row(
+    t: &Terms<'_>,
+    top: &mut TopK,
+    i: usize,
+    dot: f32,
+    fault: impl FnOnce() -> Option<Error>,
+) -> Result<()> {
+    let c = t.category_of(i)?;
+    let s = t.combine(i, c, dot);
+    if !s.is_finite() {
+        return Err(t.diagnose(i, c, dot, fault()));
+    }
+    top.push(s, i);
+    Ok(())
+}
+
+/// The tail of a batch of rows: the common case (valid categories, finite scores, most rows
+/// below the entry floor) costs a few branches per batch instead of several per row. Any
+/// anomaly falls back to [`finish_row`] row by row, in index order, which reports it. Each
+/// row's arithmetic is exactly [`finish_row`]'s.
+#[inline(always)]
+pub(crate) fn finish_batch(
+    t: &Terms<'_>,
+    top: &mut TopK,
+    rows: [usize; BATCH],
+    dots: [f32; BATCH],
+    fault: impl Fn(usize) -> Option<Error>,
+) -> Result<()> {
+    let mut cats = [0i32; BATCH];
+    let mut cats_ok = true;
+    for r in 0..BATCH {
+        // SAFETY: every row index comes from the pass over lo..hi ⊆ 0..n, and category was
+        // checked to hold n values before the pass started.
+        cats[r] = unsafe { *t.category.get_unchecked(rows[r]) };
+        cats_ok &= t.category_ok(cats[r]);
+    }
+    if cats_ok {
+        let mut s = [0f32; BATCH];
+        let mut finite = true;
+        for r in 0..BATCH {
+            // SAFETY: rows[r] < n as above (bias and adjust hold n values) and every category
+            // was just checked to index prior.
+            s[r] = unsafe { t.combine_unchecked(rows[r], cats[r] as usize, dots[r]) };
+            finite &= s[r].is_finite();
+        }
+        if finite {
+            let floor = top.entry_floor();
+            for r in 0..BATCH {
+                if s[r] >= floor {
+                    top.push(s[r], rows[r]);
+                }
+            }
+            return Ok(());
+        }
+    }
+    for r in 0..BATCH {
+        finish_row(t, top, rows[r], dots[r], || fault(rows[r]))?;
+    }
+    Ok(())
+}
+
+/// The f32 pass over rows `lo..hi`, generic over the kernel path. Rows are finished in index
+/// order, so the first faulty row is the one reported.
 ///
 /// # Safety
 /// `S` must be available on this CPU.
 #[inline(always)]
 pub(crate) unsafe fn pass_f32<S: Simd>(job: &F32Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
     let mut top = TopK::new(job.k, hi - lo);
-    let t = &job.terms;
-    for i in lo..hi {
-        if !t.eligible[i] {
-            continue;
+    let (t, e) = (&job.terms, &job.e);
+    let mut i = lo;
+    loop {
+        let rows = next_batch(t.eligible, i, hi);
+        if rows[BATCH - 1] < hi {
+            let mut slices = [job.u; BATCH];
+            for r in 0..BATCH {
+                // SAFETY: rows are ascending and below hi <= n = e.rows.
+                slices[r] = unsafe { e.row_unchecked(rows[r]) };
+            }
+            let dots = S::dot_f32_batch(job.u, slices);
+            finish_batch(t, &mut top, rows, dots, |r| embedding_row_fault(e, r))?;
+            i = rows[BATCH - 1] + 1;
+        } else {
+            for r in rows {
+                if r < hi {
+                    let dot = S::dot_f32(job.u, e.row(r));
+                    finish_row(t, &mut top, r, dot, || embedding_row_fault(e, r))?;
+                }
+            }
+            return Ok(top);
         }
-        let c = t.category_of(i)?;
-        let dot = S::dot_f32(job.u, job.e.row(i));
-        let s = t.combine(i, c, dot);
-        if !s.is_finite() {
-            return Err(t.diagnose(i, c, dot, embedding_row_fault(&job.e, i)));
-        }
-        top.push(s, i);
     }
-    Ok(top)
 }
 
 fn dispatch_f32(job: &F32Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Result<TopK> {

@@ -69,6 +69,18 @@ impl TopK {
         }
     }
 
+    /// A cheap pre-filter: a candidate scoring below this can never enter (`-inf` until the
+    /// selection is full). Candidates at or above it still go through [`TopK::push`], which
+    /// breaks ties by index.
+    #[inline(always)]
+    pub fn entry_floor(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap.first().map_or(f32::INFINITY, |c| c.score)
+        }
+    }
+
     /// Fold another selection (from a different row range) into this one.
     pub fn merge(&mut self, other: TopK) {
         for c in other.heap {

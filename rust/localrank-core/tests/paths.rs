@@ -16,6 +16,7 @@
 //! cannot silently skip a path.
 
 use localrank_core::kernel::scalar::Scalar;
+use localrank_core::kernel::BATCH;
 use localrank_core::kernel::{Kernel, Simd};
 use localrank_core::{
     quantize_int8, score_topk, score_topk_int8, stream_sum, Error, Matrix, Options, Ranked, Terms,
@@ -54,12 +55,18 @@ impl Rng {
 type DotF32 = unsafe fn(&[f32], &[f32]) -> f32;
 type DotI8 = unsafe fn(&[i8], &[i8]) -> i32;
 type SumF32 = unsafe fn(&[f32]) -> f32;
+type DotF32Batch = unsafe fn(&[f32], [&[f32]; BATCH]) -> [f32; BATCH];
+type UserDot = unsafe fn(&[i8], &[i8], &[i8], &[i16]) -> i64;
+type UserDotBatch = unsafe fn([&[i8]; BATCH], &[i8], &[i8], &[i16]) -> [i64; BATCH];
 
 /// One path's dot products, as plain function pointers.
 struct Dots {
     f32: DotF32,
     i8: DotI8,
     sum: SumF32,
+    f32_batch: DotF32Batch,
+    user: UserDot,
+    user_batch: UserDotBatch,
 }
 
 fn dots_of<S: Simd>() -> Dots {
@@ -67,6 +74,9 @@ fn dots_of<S: Simd>() -> Dots {
         f32: S::dot_f32,
         i8: S::dot_i8,
         sum: S::sum_f32,
+        f32_batch: S::dot_f32_batch,
+        user: S::user_dot_i8,
+        user_batch: S::user_dot_i8_batch,
     }
 }
 
@@ -233,6 +243,88 @@ fn dot_f32_is_within_the_rounding_bound() {
             );
         }
         ok(kernel, "dot_f32 within the rounding bound");
+    }
+}
+
+/// Batches must be bit-identical to single rows on every path: a row's score may not depend
+/// on the rows it was batched with (thread splits, re-scoring).
+#[test]
+fn batches_are_bit_identical_to_single_rows() {
+    let mut rng = Rng(41);
+    for kernel in paths() {
+        let d = dots(kernel);
+        for &n in LENS {
+            let u: Vec<f32> = (0..n).map(|_| rng.f32() * 3.0).collect();
+            let rows: Vec<Vec<f32>> = (0..BATCH)
+                .map(|_| (0..n).map(|_| rng.f32() * 5.0).collect())
+                .collect();
+            let refs: [&[f32]; BATCH] = std::array::from_fn(|r| &rows[r][..]);
+            // SAFETY: `dots` only hands out paths this CPU has; all lengths equal n.
+            let batch = unsafe { (d.f32_batch)(&u, refs) };
+            for r in 0..BATCH {
+                // SAFETY: as above.
+                let single = unsafe { (d.f32)(&u, refs[r]) };
+                assert_eq!(
+                    batch[r].to_bits(),
+                    single.to_bits(),
+                    "path {} n={n} row {r}",
+                    kernel.name()
+                );
+            }
+        }
+        ok(kernel, "f32 batches bit-identical to single rows");
+    }
+}
+
+/// The user dot product (two int8 limbs or their int16 sum) is the exact integer
+/// `254·(q·hi) + q·lo`, batched or not, up to MAX_DIM and with every value at its extreme.
+#[test]
+fn user_dot_is_exact_batched_or_not() {
+    let mut rng = Rng(43);
+    let mut lens: Vec<usize> = LENS.to_vec();
+    lens.extend([4096, 4097, 8191, 20_000, localrank_core::int8::MAX_DIM]);
+    for kernel in paths() {
+        let d = dots(kernel);
+        for &n in &lens {
+            let extreme = n >= 4096;
+            let pick = |rng: &mut Rng, lo: i64, hi: i64| {
+                if extreme {
+                    if rng.int(0, 1) == 0 {
+                        lo
+                    } else {
+                        hi
+                    }
+                } else {
+                    rng.int(lo, hi)
+                }
+            };
+            let hi: Vec<i8> = (0..n).map(|_| pick(&mut rng, -127, 127) as i8).collect();
+            let lo: Vec<i8> = (0..n).map(|_| pick(&mut rng, -127, 127) as i8).collect();
+            let wide: Vec<i16> = hi
+                .iter()
+                .zip(&lo)
+                .map(|(h, l)| *h as i16 * 254 + *l as i16)
+                .collect();
+            let q: Vec<Vec<i8>> = (0..BATCH)
+                .map(|_| (0..n).map(|_| pick(&mut rng, -128, 127) as i8).collect())
+                .collect();
+            let refs: [&[i8]; BATCH] = std::array::from_fn(|r| &q[r][..]);
+            // SAFETY: `dots` only hands out paths this CPU has; all lengths equal n.
+            let batch = unsafe { (d.user_batch)(refs, &hi, &lo, &wide) };
+            for r in 0..BATCH {
+                let want = 254 * exact_i8(refs[r], &hi) + exact_i8(refs[r], &lo);
+                // SAFETY: as above.
+                let single = unsafe { (d.user)(refs[r], &hi, &lo, &wide) };
+                assert_eq!(single, want, "path {} n={n} row {r}", kernel.name());
+                assert_eq!(
+                    batch[r],
+                    want,
+                    "path {} n={n} row {r} batched",
+                    kernel.name()
+                );
+            }
+        }
+        ok(kernel, "user dot exact, batched or not, up to MAX_DIM");
     }
 }
 
