@@ -6,7 +6,21 @@ The compiled core maps its own errors onto these classes, in one place
 
 from __future__ import annotations
 
-__all__ = ["InputError", "KernelError", "LocalrankError"]
+__all__ = [
+    "BundleError",
+    "BundleExpiredError",
+    "BundleFormatError",
+    "BundleRollbackError",
+    "BundleSignatureError",
+    "BundleTruncatedError",
+    "BudgetExhaustedError",
+    "BundleUnsignedError",
+    "InputError",
+    "KernelError",
+    "LocalrankError",
+    "PolicyError",
+    "StoreError",
+]
 
 
 class LocalrankError(Exception):
@@ -20,3 +34,43 @@ class InputError(LocalrankError, ValueError):
 
 class KernelError(LocalrankError, RuntimeError):
     """A kernel path was requested that this machine cannot run."""
+
+
+class BundleError(LocalrankError):
+    """A bundle was refused. The last good bundle stays in use."""
+
+
+class BundleFormatError(BundleError):
+    """Not a localrank bundle, or a format version this code does not know."""
+
+
+class BundleTruncatedError(BundleError):
+    """The bundle file ends early."""
+
+
+class BundleUnsignedError(BundleError):
+    """The bundle carries no signature."""
+
+
+class BundleSignatureError(BundleError):
+    """The signature does not verify against the configured public key."""
+
+
+class BundleExpiredError(BundleError):
+    """The bundle's expiry time has passed."""
+
+
+class BundleRollbackError(BundleError):
+    """The bundle is older than the one in use."""
+
+
+class StoreError(LocalrankError):
+    """The device store cannot be used: corrupt, written by a newer version, or locked."""
+
+
+class PolicyError(LocalrankError):
+    """A call asked for something the privacy policy does not allow."""
+
+
+class BudgetExhaustedError(PolicyError):
+    """The privacy accountant refused: the ε budget of the report, epoch or window is spent."""

@@ -1,0 +1,289 @@
+"""What a bundle holds, how it is built (deterministically) and how a device opens it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from localrank.bundle.container import FORMAT_VERSION, seal, unseal
+from localrank.bundle.keys import PublicKeyLike, load_private_key, load_public_key
+from localrank.catalog import Catalog
+from localrank.errors import (
+    BundleExpiredError,
+    BundleFormatError,
+    BundleRollbackError,
+    InputError,
+)
+from localrank.segments import SegmentTable, build_segments
+from localrank.taxonomy import Taxonomy
+
+__all__ = ["Bundle", "BundleConfig", "build_bundle", "open_bundle"]
+
+Mode = Literal["ldp", "central"]
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """The server's published settings, which every device follows.
+
+    ``epsilon`` and ``epsilon_perm`` are the public parameters of each report's instantaneous
+    and permanent randomised response; ``report_limit`` is ``L``, the most engagement reports a
+    device sends per epoch (the server's noise assumes it); ``central_epsilon`` is the server's
+    ε for the discrete noise it adds in ``central`` mode.
+    """
+
+    d: int
+    contexts: tuple[str, ...]
+    regions: tuple[str, ...]
+    segment_depth: int = 3
+    min_population: int = 50
+    mode: Mode = "ldp"
+    epsilon: float = 2.0
+    epsilon_perm: float = 4.0
+    report_limit: int = 3
+    central_epsilon: float = 1.0
+    epoch_epsilon: float = 8.0
+    window_epsilon: float = 64.0
+    census_interval_days: int = 7
+    embedding_version: str = "content-1"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, arg: str, expected: str, got: object) -> None:
+            if not ok:
+                raise InputError(f"{arg}: expected {expected}, got {got!r}")
+
+        need(isinstance(self.d, int) and self.d >= 1, "d", "an integer ≥ 1", self.d)
+        need(
+            len(self.contexts) >= 1 and len(set(self.contexts)) == len(self.contexts),
+            "contexts",
+            "a non-empty list of unique names",
+            self.contexts,
+        )
+        need(self.mode in ("ldp", "central"), "mode", "'ldp' or 'central'", self.mode)
+        need(self.min_population >= 1, "min_population", "an integer ≥ 1", self.min_population)
+        need(self.report_limit >= 1, "report_limit", "an integer ≥ 1", self.report_limit)
+        need(
+            self.census_interval_days >= 1,
+            "census_interval_days",
+            "an integer ≥ 1",
+            self.census_interval_days,
+        )
+        for name in (
+            "epsilon",
+            "epsilon_perm",
+            "central_epsilon",
+            "epoch_epsilon",
+            "window_epsilon",
+        ):
+            v = getattr(self, name)
+            need(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+                name,
+                "a finite number > 0",
+                v,
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["contexts"] = list(self.contexts)
+        out["regions"] = list(self.regions)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BundleConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise BundleFormatError(f"bundle: unknown config keys {sorted(unknown)}")
+        kw = dict(data)
+        kw["contexts"] = tuple(kw.get("contexts", ()))
+        kw["regions"] = tuple(kw.get("regions", ()))
+        return cls(**kw)
+
+    def context_id(self, context: str) -> int:
+        """The integer id of a context (its position in the bundle's list)."""
+        try:
+            return self.contexts.index(context)
+        except ValueError:
+            raise InputError(
+                f"context: expected one of the bundle's contexts {list(self.contexts)}, "
+                f"got {context!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An opened, verified bundle."""
+
+    version: int
+    created: float
+    expires: float
+    config: BundleConfig
+    taxonomy: Taxonomy
+    segments: SegmentTable
+    catalog: Catalog
+    priors: np.ndarray  # float32[S, C]: per-segment category prior
+    digest: str  # SHA-256 of the signed bytes
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def prior_of(self, segment: int) -> np.ndarray:
+        return self.priors[segment]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _zip(files: Mapping[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, files[name])
+    return buf.getvalue()
+
+
+def build_bundle(
+    *,
+    catalog: Catalog,
+    taxonomy: Taxonomy,
+    config: BundleConfig,
+    version: int,
+    created: float,
+    expires: float,
+    signing_key: Ed25519PrivateKey | bytes | str,
+    populations: np.ndarray | None = None,
+    priors: np.ndarray | None = None,
+    extras: Mapping[str, np.ndarray] | None = None,
+) -> bytes:
+    """The signed bytes of a bundle. Deterministic: equal inputs give equal bytes (sorted
+    keys, fixed archive timestamps, stored not compressed, deterministic Ed25519)."""
+    if not isinstance(version, int) or version < 1:
+        raise InputError(f"version: expected an integer ≥ 1, got {version!r}")
+    if not (math.isfinite(created) and math.isfinite(expires) and expires > created):
+        raise InputError(f"expires: expected a time after created ({created}), got {expires}")
+    if catalog.d != config.d:
+        raise InputError(f"catalog: embeddings have d = {catalog.d}, config says {config.d}")
+    segments = build_segments(taxonomy, config.regions, config.segment_depth)
+    if populations is not None:
+        segments = segments.with_populations(populations)
+    C = len(taxonomy)
+    if priors is None:
+        priors = np.zeros((len(segments), C), dtype=np.float32)
+    priors = np.asarray(priors, dtype=np.float32)
+    if priors.shape != (len(segments), C):
+        raise InputError(f"priors: expected shape ({len(segments)}, {C}), got {priors.shape}")
+    if not np.all(np.isfinite(priors)):
+        raise InputError("priors: expected finite values")
+    arrays: dict[str, np.ndarray] = {
+        **catalog.to_arrays(),
+        "segment_paths": np.array(segments.paths, dtype=np.str_),
+        "segment_parents": segments.parents,
+        "segment_populations": segments.populations,
+        "priors": priors,
+    }
+    for name, arr in (extras or {}).items():
+        if not name.startswith("extra_"):
+            raise InputError(f"extras: names must start with 'extra_', got {name!r}")
+        arrays[name] = np.asarray(arr)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "version": version,
+        "created": created,
+        "expires": expires,
+        "config": config.to_json(),
+        "taxonomy": taxonomy.to_json(),
+        "arrays": {
+            name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in arrays.items()
+        },
+    }
+    files = {f"{name}.npy": _npy(a) for name, a in arrays.items()}
+    files["manifest.json"] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return seal(_zip(files), load_private_key(signing_key))
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening
+
+
+def open_bundle(
+    data: bytes,
+    public_key: PublicKeyLike,
+    *,
+    now: float,
+    current_version: int | None = None,
+) -> Bundle:
+    """Verify and parse a bundle. Refuses, with a :class:`~localrank.errors.BundleError`
+    subclass, a file that is not a bundle or of an unknown format, truncated, unsigned, badly
+    signed, expired at ``now``, or older than ``current_version`` (rollback)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"bundle: expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    payload = unseal(data, load_public_key(public_key))
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+            arrays = {
+                name: np.load(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
+                for name in manifest["arrays"]
+            }
+    except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError) as e:
+        # The signature verified, so this is a server-side bug, not tampering.
+        raise BundleFormatError(f"bundle: signed but malformed payload: {e}") from e
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BundleFormatError(f"bundle: unknown manifest format {manifest.get('format')!r}")
+    version = manifest["version"]
+    expires = float(manifest["expires"])
+    if now >= expires:
+        raise BundleExpiredError(
+            f"bundle: expired: version {version} expired at {expires:.0f}, now is {now:.0f}"
+        )
+    if current_version is not None and version < current_version:
+        raise BundleRollbackError(
+            f"bundle: rollback refused: version {version} is older than the installed "
+            f"version {current_version}"
+        )
+    try:
+        config = BundleConfig.from_json(manifest["config"])
+        taxonomy = Taxonomy.from_json(manifest["taxonomy"])
+        catalog = Catalog.from_arrays(arrays)
+        segments = build_segments(taxonomy, config.regions, config.segment_depth)
+        if tuple(str(p) for p in arrays["segment_paths"].tolist()) != segments.paths:
+            raise BundleFormatError("bundle: segment table differs from the deterministic builder")
+        segments = segments.with_populations(arrays["segment_populations"])
+        priors = np.ascontiguousarray(arrays["priors"], dtype=np.float32)
+    except InputError as e:
+        raise BundleFormatError(f"bundle: invalid contents: {e}") from e
+    except KeyError as e:
+        raise BundleFormatError(f"bundle: missing {e}") from e
+    if priors.shape != (len(segments), len(taxonomy)) or catalog.d != config.d:
+        raise BundleFormatError("bundle: array shapes do not match the config")
+    return Bundle(
+        version=int(version),
+        created=float(manifest["created"]),
+        expires=expires,
+        config=config,
+        taxonomy=taxonomy,
+        segments=segments,
+        catalog=catalog,
+        priors=priors,
+        digest=hashlib.sha256(data).hexdigest(),
+        extras={k: v for k, v in arrays.items() if k.startswith("extra_")},
+    )

@@ -1,0 +1,163 @@
+"""The on-device profile: time-decayed category affinities and the user vector ``u``.
+
+Built incrementally from the store's events, per signal kind, so that any context can combine
+exactly the kinds its policy allows. Rules applied here:
+
+- **Cool-down**: an event drives nothing until it is ``cooldown_s`` old (default 30 minutes):
+  no offer ever reacts to what happened minutes ago.
+- **Evidence**: a category counts as an interest only once ``min_evidence`` matured events
+  (default 3) of allowed kinds support it; weaker categories contribute nothing to ``u`` or to
+  the affinities.
+- **Sensitive categories are never inferred**: events about sensitive offers or categories
+  never enter the profile at all.
+- **Decay**: weights halve every ``half_life_s`` (default 14 days).
+
+The accumulators live in memory and are rebuilt from the store when events are forgotten or
+expire, when time runs backwards (a replay), or when the bundle's embedding version changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from localrank.bundle import Bundle
+from localrank.policy import EVENT_SIGNAL, SIGNALS
+
+__all__ = ["EVENT_WEIGHT", "Profile", "ProfileRules", "ProfileView"]
+
+#: How much each kind of event says about an interest (times the event's strength).
+EVENT_WEIGHT = {
+    "purchase": 3.0,
+    "click": 1.0,
+    "view": 0.5,
+    "dismiss": -1.0,
+    "visit": 1.0,
+    "app_use": 1.0,
+    "impression": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class ProfileRules:
+    cooldown_s: float = 30 * 60
+    min_evidence: int = 3
+    half_life_s: float = 14 * 86400
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """The profile as one context may see it."""
+
+    affinity: np.ndarray  # float64[C]: decayed weights, zero below the evidence threshold
+    evidence: np.ndarray  # int64[C]: matured supporting events of allowed kinds
+    u: np.ndarray  # float32[d]: the user vector
+    interests: list[int]  # category ids with evidence, strongest first
+
+
+@dataclass
+class _Event:
+    id: int
+    kind: str
+    t: float
+    strength: float
+    offer_row: int  # -1 for category-only events
+    categories: list[int]
+
+
+@dataclass
+class Profile:
+    """Accumulators per signal kind; fold events in as they mature."""
+
+    bundle: Bundle
+    rules: ProfileRules = field(default_factory=ProfileRules)
+
+    def __post_init__(self) -> None:
+        C, d = len(self.bundle.taxonomy), self.bundle.config.d
+        k = len(SIGNALS)
+        self._aff = np.zeros((k, C))
+        self._count = np.zeros((k, C), dtype=np.int64)
+        self._vec = np.zeros((k, C, d))
+        self._ref_t = -math.inf
+        self._pending: list[_Event] = []
+        self.last_event_id = 0
+        self._sensitive = self.bundle.taxonomy.sensitive_mask
+        self._centroids = self._category_centroids()
+
+    def _category_centroids(self) -> np.ndarray:
+        """The mean embedding of each category's offers: the vector a category-only event
+        (an app use, a category view) contributes."""
+        cat = self.bundle.catalog
+        C, d = len(self.bundle.taxonomy), cat.d
+        sums = np.zeros((C, d))
+        counts = np.zeros(C)
+        for i in range(len(cat)):
+            for c in cat.categories_of(i):
+                sums[c] += cat.embeddings[i]
+                counts[c] += 1
+        return sums / np.maximum(counts, 1)[:, None]
+
+    # -- folding ---------------------------------------------------------------------------
+
+    def add(self, events: Iterable[_Event]) -> None:
+        """Queue events (any age); they are folded once matured."""
+        for e in events:
+            self._pending.append(e)
+            self.last_event_id = max(self.last_event_id, e.id)
+
+    def advance(self, now: float) -> None:
+        """Decay to ``now`` and fold every pending event at least ``cooldown_s`` old."""
+        if now > self._ref_t:
+            if math.isfinite(self._ref_t):
+                f = 0.5 ** ((now - self._ref_t) / self.rules.half_life_s)
+                self._aff *= f
+                self._vec *= f
+            self._ref_t = now
+        mature = now - self.rules.cooldown_s
+        keep = []
+        for e in self._pending:
+            if e.t > mature:
+                keep.append(e)
+                continue
+            self._fold(e, now)
+        self._pending = keep
+
+    def _fold(self, e: _Event, now: float) -> None:
+        signal = EVENT_SIGNAL.get(e.kind)
+        weight = EVENT_WEIGHT.get(e.kind, 0.0) * e.strength
+        cats = [c for c in e.categories if not self._sensitive[c]]
+        if signal is None or weight == 0.0 or not cats or len(cats) != len(e.categories):
+            return  # impressions, and anything touching a sensitive category, never count
+        k = SIGNALS.index(signal)
+        w = weight * 0.5 ** (max(0.0, now - e.t) / self.rules.half_life_s)
+        if e.offer_row >= 0:
+            vec = self.bundle.catalog.embeddings[e.offer_row].astype(np.float64)
+        else:
+            vec = None
+        share = 1.0 / len(cats)
+        for c in cats:
+            self._aff[k, c] += w * share
+            if weight > 0:
+                self._count[k, c] += 1
+            self._vec[k, c] += w * share * (vec if vec is not None else self._centroids[c])
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def view(self, allowed: frozenset[str]) -> ProfileView:
+        """The profile restricted to the signal kinds ``allowed``."""
+        ks = [SIGNALS.index(s) for s in SIGNALS if s in allowed]
+        C, d = self._aff.shape[1], self._vec.shape[2]
+        if not ks:
+            return ProfileView(np.zeros(C), np.zeros(C, np.int64), np.zeros(d, np.float32), [])
+        evidence = self._count[ks].sum(axis=0)
+        strong = evidence >= self.rules.min_evidence
+        affinity = np.where(strong, self._aff[ks].sum(axis=0), 0.0)
+        affinity = np.maximum(affinity, 0.0)
+        vec = (self._vec[ks].sum(axis=0) * strong[:, None]).sum(axis=0)
+        total = affinity.sum()
+        u = (vec / total if total > 0 else np.zeros(d)).astype(np.float32)
+        order = [int(c) for c in np.argsort(-affinity, kind="stable") if affinity[c] > 0]
+        return ProfileView(affinity, evidence, u, order)
