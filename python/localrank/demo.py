@@ -53,9 +53,7 @@ def synthetic_catalog(n: int = 10_000, d: int = 64, seed: int = 7) -> SyntheticC
     embeddings = (centers[category] + 0.7 * noise) / np.sqrt(d, dtype=np.float32)
     bias = (0.1 * rng.standard_normal(n)).astype(np.float32)
     eligible = rng.random(n) > 0.05  # a few offers expired or capped
-    titles = [
-        f"{_DEALS[i % len(_DEALS)]} · {_CATEGORIES[c]} #{i}" for i, c in enumerate(category)
-    ]
+    titles = [f"{_DEALS[i % len(_DEALS)]} · {_CATEGORIES[c]} #{i}" for i, c in enumerate(category)]
     return SyntheticCatalog(titles, category, np.ascontiguousarray(embeddings), bias, eligible)
 
 

@@ -141,18 +141,16 @@ def demo_offers(n: int = 2000, seed: int = 20260101) -> list[Offer]:
         merchant = rng.choice(_MERCHANTS[primary])
         title = f"{rng.choice(_DEALS)} at {merchant}"
         location, radius = None, 0.0
-        if primary in ("groceries", "coffee", "restaurants", "food-and-drink", "pharmacy") or (
-            rng.random() < 0.1
-        ):
-            if rng.random() < 0.7:
-                city = rng.choice(sorted(_CITIES))
-                clat, clon = _CITIES[city]
-                location = (
-                    round(clat + rng.uniform(-0.08, 0.08), 4),
-                    round(clon + rng.uniform(-0.12, 0.12), 4),
-                )
-                radius = float(rng.choice((2, 3, 5, 8, 15)))
-                title += f" ({city})"
+        local_kind = primary in ("groceries", "coffee", "restaurants", "food-and-drink", "pharmacy")
+        if (local_kind or rng.random() < 0.1) and rng.random() < 0.7:
+            city = rng.choice(sorted(_CITIES))
+            clat, clon = _CITIES[city]
+            location = (
+                round(clat + rng.uniform(-0.08, 0.08), 4),
+                round(clon + rng.uniform(-0.12, 0.12), 4),
+            )
+            radius = float(rng.choice((2, 3, 5, 8, 15)))
+            title += f" ({city})"
         valid_from, valid_until = float("-inf"), float("inf")
         r = rng.random()
         if r < 0.03:

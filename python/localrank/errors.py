@@ -7,13 +7,13 @@ The compiled core maps its own errors onto these classes, in one place
 from __future__ import annotations
 
 __all__ = [
+    "BudgetExhaustedError",
     "BundleError",
     "BundleExpiredError",
     "BundleFormatError",
     "BundleRollbackError",
     "BundleSignatureError",
     "BundleTruncatedError",
-    "BudgetExhaustedError",
     "BundleUnsignedError",
     "InputError",
     "KernelError",

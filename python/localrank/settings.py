@@ -112,5 +112,3 @@ class Settings:
             k: tuple(v) for k, v in data.get("context_overrides", {}).items()
         }
         return cls(**data)
-
-

@@ -1,0 +1,746 @@
+"""The on-device engine: one per device, every call naming the calling app's context.
+
+>>> engine = Engine.open("device.db", public_key="models/demo-key.pub.pem",
+...                      bundle="models/demo.bundle")                      # doctest: +SKIP
+>>> engine.record("purchase", context="shopping", offer="offer-00042")     # doctest: +SKIP
+>>> engine.recommend("shopping", k=5)                                      # doctest: +SKIP
+
+Data flow: events → store (SQLite) → profile → segment; bundle → catalog, priors → mask +
+adjust (:mod:`localrank.guardrails`) → score (the Rust kernel) → top-k + reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from localrank._core import score_topk
+from localrank.bundle import Bundle, open_bundle
+from localrank.bundle.keys import PublicKeyLike, load_public_key
+from localrank.clock import Clock, SystemClock, resolve_now
+from localrank.errors import InputError, LocalrankError
+from localrank.explain import Reason, sentence
+from localrank.geo import Location, region_of, round_location, validate_location
+from localrank.guardrails import (
+    CONTEXT_FIT,
+    NEAR,
+    Guardrails,
+    OfferGeometry,
+    adjust_term,
+    eligibility,
+)
+from localrank.policy import EVENT_KINDS, EVENT_SIGNAL, SEGMENTS_ROW, Policy
+from localrank.profile import Profile, ProfileRules, ProfileView, _Event
+from localrank.segments import ROOT
+from localrank.settings import Settings
+from localrank.store import Store
+
+__all__ = [
+    "RETENTION_S",
+    "Engine",
+    "EventRecord",
+    "Recommendation",
+    "ScoringInputs",
+    "SegmentInfo",
+    "Tuning",
+]
+
+#: Events older than this are deleted (90 days): long enough for seasonal interests, short
+#: enough that the device does not keep a lifelong diary.
+RETENTION_S = 90 * 86400
+#: An event may be at most this far ahead of the engine's clock (clock skew between an app and
+#: the engine), never more.
+FUTURE_SKEW_S = 300
+OFFER_EVENTS = ("impression", "click", "purchase", "dismiss")
+ATTRIBUTES = ("age_band", "occupation", "region")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The engine's own knobs (the evaluation tunes them on a validation split)."""
+
+    w_dot: float = 1.0
+    w_prior: float = 1.0
+    rules: ProfileRules = field(default_factory=ProfileRules)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One ranked offer and why it was shown."""
+
+    offer_id: str
+    title: str
+    score: float
+    reasons: list[tuple[str, float]]
+    explanation: str
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """Exactly what the kernel receives for one request, plus the guardrail inputs behind it."""
+
+    u: np.ndarray
+    prior: np.ndarray
+    w_dot: float
+    w_prior: float
+    eligible: np.ndarray
+    adjust: np.ndarray
+    segment: int
+    context_id: int
+    guardrails: Guardrails
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    finest: int
+    active: int
+    finest_path: str
+    active_path: str
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    kind: str
+    context: str
+    offer: str | None
+    category: str | None
+    t: float
+    strength: float
+
+
+class Engine:
+    """The device's recommendation engine. Open with :meth:`Engine.open`."""
+
+    def __init__(
+        self, store: Store, public_key: PublicKeyLike, clock: Clock, tuning: Tuning
+    ) -> None:
+        self._store = store
+        self._public_key = load_public_key(public_key)
+        self._clock = clock
+        self.tuning = tuning
+        self._bundle: Bundle | None = None
+        self._geometry: OfferGeometry | None = None
+        self._profile: Profile | None = None
+        self._profile_now = -math.inf
+        self._generation = -1
+        self._settings = self._read_settings()
+        stored = store.query("SELECT data FROM bundle WHERE id = 1")
+        if stored:
+            # The stored bundle was verified when installed; verify again (the file may have
+            # been tampered with) but allow an expired one to keep serving as the last good.
+            self._install(open_bundle(stored[0][0], self._public_key, now=-math.inf))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        public_key: PublicKeyLike,
+        bundle: bytes | str | Path | None = None,
+        clock: Clock | None = None,
+        tuning: Tuning | None = None,
+    ) -> Engine:
+        """Open (or create) the device store at ``path``.
+
+        Args:
+            path: the SQLite file.
+            public_key: the server's Ed25519 public key (PEM path, PEM bytes or key object);
+                every bundle must verify against it.
+            bundle: a bundle to load now (path or bytes); optional if the store holds one.
+            clock: where time comes from when a call passes no ``now`` (default: wall clock).
+            tuning: the engine's knobs.
+        """
+        engine = cls(Store(path), public_key, clock or SystemClock(), tuning or Tuning())
+        if bundle is not None:
+            engine.load_bundle(bundle)
+        return engine
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- bundle --------------------------------------------------------------------------------
+
+    def load_bundle(self, source: bytes | str | Path, *, now: float | None = None) -> Bundle:
+        """Verify and install a bundle (bytes or a file path).
+
+        Refuses a bad signature, a truncated or unsigned file, an expired bundle, an unknown
+        format version, and a rollback to an older version, raising the matching
+        :class:`~localrank.errors.BundleError`. After a refusal the last good bundle stays in
+        use. Loading the installed version again is a no-op.
+        """
+        if isinstance(source, (str, Path)):
+            try:
+                data = Path(source).read_bytes()
+            except OSError as e:
+                raise InputError(f"source: cannot read bundle file {source}: {e}") from e
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        else:
+            raise InputError(f"source: expected bytes or a path, got {type(source).__name__}")
+        t = resolve_now(now, self._clock)
+        current = self._bundle.version if self._bundle else None
+        bundle = open_bundle(data, self._public_key, now=t, current_version=current)
+        if self._bundle is not None and bundle.digest == self._bundle.digest:
+            return self._bundle
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO bundle (id, version, digest, data) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET version = excluded.version, "
+                "digest = excluded.digest, data = excluded.data",
+                (bundle.version, bundle.digest, data),
+            )
+        self._install(bundle)
+        return bundle
+
+    def _install(self, bundle: Bundle) -> None:
+        previous = self._bundle
+        self._bundle = bundle
+        self._geometry = OfferGeometry.of(bundle)
+        if (
+            previous is None
+            or previous.config.embedding_version != bundle.config.embedding_version
+            or previous.catalog.ids != bundle.catalog.ids
+        ):
+            self._profile = None  # u is rebuilt from the stored events in the new space
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle in use."""
+        if self._bundle is None:
+            raise LocalrankError("engine: no bundle loaded yet; call load_bundle() first")
+        return self._bundle
+
+    def _context_id(self, context: object) -> int:
+        if not isinstance(context, str):
+            raise InputError(f"context: expected a context name, got {context!r}")
+        return self.bundle.config.context_id(context)
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def _read_settings(self) -> Settings:
+        rows = self._store.query("SELECT value FROM settings WHERE key = 'settings'")
+        return Settings.from_json(rows[0][0]) if rows else Settings()
+
+    @property
+    def settings(self) -> Settings:
+        """The current settings (a snapshot; change them with :meth:`update_settings`)."""
+        self._settings = self._read_settings()
+        return self._settings
+
+    def update_settings(self, **changes: Any) -> Settings:
+        """Change settings: ``level``, ``quiet_hours``, ``timezone``, ``daily_cap``,
+        ``offer_cap``, ``context_overrides`` (may only remove signals), ``sensitive_opt_ins``
+        (sensitive category names) and ``reporting`` (the consent to send reports)."""
+        new = self.settings.with_changes(**changes)
+        if "context_overrides" in changes:
+            Policy.validate_overrides(new.context_overrides, self.bundle.config.contexts)
+        for c in new.sensitive_opt_ins:
+            if not self.bundle.taxonomy.is_sensitive(c):
+                tax = self.bundle.taxonomy
+                options = [x for x in tax.names if tax.is_sensitive(x)]
+                raise InputError(
+                    f"sensitive_opt_ins: {c!r} is not a sensitive category; "
+                    f"expected some of {options}"
+                )
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES ('settings', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (new.to_json(),),
+            )
+        self._settings = new
+        return new
+
+    @property
+    def policy(self) -> Policy:
+        s = self._settings
+        return Policy({k: frozenset(v) for k, v in s.context_overrides.items()})
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _now(self, now: float | None) -> float:
+        t = resolve_now(now, self._clock)
+        if now is not None and t > self._clock.now() + FUTURE_SKEW_S:
+            raise InputError(
+                f"now: {t:.0f} is more than {FUTURE_SKEW_S} s ahead of the engine's clock "
+                f"({self._clock.now():.0f}); events cannot come from the future"
+            )
+        return t
+
+    def record(
+        self,
+        kind: str,
+        *,
+        context: str,
+        offer: str | None = None,
+        category: str | None = None,
+        location: Location | None = None,
+        strength: float = 1.0,
+        now: float | None = None,
+    ) -> int:
+        """Store one event on the device and return its id.
+
+        Args:
+            kind: ``impression`` (an offer the app actually displayed), ``click``,
+                ``purchase``, ``dismiss``, ``view`` (content viewed), ``visit`` (a place) or
+                ``app_use``.
+            context: the calling app's context.
+            offer: a catalog offer id; required for impression, click, purchase and dismiss.
+            category: a taxonomy category, for events not about an offer (a view, an app use).
+            location: ``(lat, lon)``, passed only when the OS granted it; stored rounded to
+                about 1 km. Required for ``visit``.
+            strength: a non-negative weight (default 1).
+            now: the event's time (default: the engine's clock); never in the future.
+        """
+        if kind not in EVENT_KINDS:
+            raise InputError(f"kind: expected one of {list(EVENT_KINDS)}, got {kind!r}")
+        self._context_id(context)
+        t = self._now(now)
+        b = self.bundle
+        cats: list[str] = []
+        if kind in OFFER_EVENTS and offer is None:
+            raise InputError(f"offer: a {kind!r} event needs the offer it is about")
+        if offer is not None:
+            row = b.catalog.index_of(offer) if isinstance(offer, str) else -1
+            if row < 0:
+                raise InputError(f"offer: expected an offer id from the catalog, got {offer!r}")
+            cats = [b.taxonomy.names[c] for c in b.catalog.categories_of(row)]
+        if category is not None:
+            if not isinstance(category, str):
+                raise InputError(f"category: expected a category name, got {category!r}")
+            b.taxonomy.index(category)
+            if category not in cats:
+                cats.append(category)
+        if kind in ("view", "app_use") and not cats:
+            raise InputError(f"offer/category: a {kind!r} event needs an offer or a category")
+        loc = None
+        if location is not None:
+            loc = round_location(validate_location(location))
+        if kind == "visit" and loc is None:
+            raise InputError("location: a 'visit' event needs the place visited")
+        if (
+            not isinstance(strength, (int, float))
+            or isinstance(strength, bool)
+            or not math.isfinite(strength)
+            or strength < 0
+        ):
+            raise InputError(f"strength: expected a finite number ≥ 0, got {strength!r}")
+        with self._store.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO events (kind, context, offer, category, lat, lon, strength, t) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind,
+                    context,
+                    offer,
+                    category,
+                    loc[0] if loc else None,
+                    loc[1] if loc else None,
+                    float(strength),
+                    t,
+                ),
+            )
+            event_id = int(cur.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO event_categories (event_id, category) VALUES (?, ?)",
+                [(event_id, c) for c in cats],
+            )
+            self._after_record(db, event_id, kind, offer, t)
+        return event_id
+
+    def _after_record(self, db: Any, event_id: int, kind: str, offer: str | None, t: float) -> None:
+        """Hook for what leaves the device (see :mod:`localrank.reports`)."""
+
+    def set_attributes(
+        self,
+        age_band: str | None = None,
+        occupation: str | None = None,
+        region: str | None = None,
+    ) -> dict[str, str]:
+        """Set on-device demographics (None leaves a value unchanged). They never leave the
+        device; ``region`` (one of the bundle's regions, e.g. ``zip-9``) may shape the segment
+        where the policy's ``segments`` row allows it."""
+        values = {"age_band": age_band, "occupation": occupation, "region": region}
+        for key, value in values.items():
+            if value is not None and (not isinstance(value, str) or not value or len(value) > 64):
+                raise InputError(f"{key}: expected a short non-empty string, got {value!r}")
+        if region is not None and region not in self.bundle.config.regions:
+            raise InputError(
+                f"region: expected one of the bundle's regions {list(self.bundle.config.regions)}, "
+                f"got {region!r}"
+            )
+        with self._store.transaction() as db:
+            for key, value in values.items():
+                if value is not None:
+                    db.execute(
+                        "INSERT INTO attributes (key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
+        return self.attributes()
+
+    def attributes(self) -> dict[str, str]:
+        return dict(self._store.query("SELECT key, value FROM attributes ORDER BY key"))
+
+    # -- profile -------------------------------------------------------------------------------
+
+    def _purge(self, now: float) -> None:
+        with self._store.transaction() as db:
+            gone = db.execute("DELETE FROM events WHERE t < ?", (now - RETENTION_S,)).rowcount
+            if gone:
+                self._bump_generation(db)
+
+    def _bump_generation(self, db: Any) -> None:
+        db.execute(
+            "INSERT INTO settings (key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+        )
+
+    def _sync_profile(self, now: float) -> Profile:
+        """Bring the in-memory profile up to ``now``: rebuild after deletions (in this or
+        another process), a new embedding space, or time running backwards; otherwise fold in
+        only the events added since the last call."""
+        self._purge(now)
+        gen_rows = self._store.query("SELECT value FROM settings WHERE key = 'generation'")
+        generation = int(gen_rows[0][0]) if gen_rows else 0
+        if self._profile is None or generation != self._generation or now < self._profile_now:
+            self._profile = Profile(self.bundle, self.tuning.rules)
+            self._generation = generation
+        profile = self._profile
+        rows = self._store.query(
+            "SELECT e.id, e.kind, e.t, e.strength, e.offer, "
+            "       (SELECT group_concat(category, char(31)) FROM event_categories "
+            "        WHERE event_id = e.id) "
+            "FROM events e WHERE e.id > ? ORDER BY e.id",
+            (profile.last_event_id,),
+        )
+        names = self.bundle.taxonomy
+        catalog = self.bundle.catalog
+        events = []
+        for eid, kind, t, strength, offer, cats in rows:
+            row = -1
+            if offer is not None:
+                try:
+                    row = catalog.index_of(offer)
+                except InputError:
+                    row = -1  # an offer no longer in the catalog still counts by category
+            ids = [names.index(c) for c in (cats.split("\x1f") if cats else []) if c in names]
+            events.append(_Event(eid, kind, t, strength, row, ids))
+        profile.add(events)
+        profile.advance(now)
+        self._profile_now = now
+        return profile
+
+    def _view(self, context: str, now: float) -> ProfileView:
+        return self._sync_profile(now).view(self.policy.allowed(context))
+
+    def segment(self, *, now: float | None = None) -> SegmentInfo:
+        """The device's finest segment and the active one it may use and report."""
+        t = self._now(now)
+        return self._segment(t)
+
+    def _segment(self, t: float) -> SegmentInfo:
+        b = self.bundle
+        row = self.policy.allowed(SEGMENTS_ROW)
+        view = self._sync_profile(t).view(row - {"region"})
+        top = [b.taxonomy.names[c] for c in view.interests[:2]]
+        region = self._region(t) if "region" in row else None
+        finest = b.segments.finest(top, region)
+        active = b.segments.active(finest, b.config.min_population)
+        return SegmentInfo(finest, active, b.segments.paths[finest], b.segments.paths[active])
+
+    def _region(self, t: float) -> str | None:
+        regions = self.bundle.config.regions
+        attr = self.attributes().get("region")
+        if attr in regions:
+            return attr
+        rows = self._store.query(
+            "SELECT lat, lon FROM events WHERE kind = 'visit' AND t > ? AND lat IS NOT NULL",
+            (t - RETENTION_S,),
+        )
+        counts: dict[str, int] = {}
+        for lat, lon in rows:
+            r = region_of((lat, lon))
+            if r in regions:
+                counts[r] = counts.get(r, 0) + 1
+        return max(sorted(counts), key=lambda r: counts[r]) if counts else None
+
+    # -- ranking -------------------------------------------------------------------------------
+
+    def _fatigue(self, t: float) -> np.ndarray:
+        cap = self._settings.offer_cap
+        catalog = self.bundle.catalog
+        fatigue = np.zeros(len(catalog), dtype=np.float32)
+        rows = self._store.query(
+            "SELECT offer, SUM(CASE WHEN kind = 'impression' AND t > ? THEN 1 ELSE 0 END), "
+            "       MAX(CASE WHEN kind = 'dismiss' THEN 1 ELSE 0 END) "
+            "FROM events WHERE offer IS NOT NULL AND t <= ? AND "
+            "((kind = 'impression' AND t > ?) OR (kind = 'dismiss' AND t > ?)) GROUP BY offer",
+            (t - 86400, t, t - 86400, t - 7 * 86400),
+        )
+        for offer, shown, dismissed in rows:
+            try:
+                i = catalog.index_of(offer)
+            except InputError:
+                continue
+            fatigue[i] = float(shown or 0) + (cap if dismissed else 0)
+        return fatigue
+
+    def scoring_inputs(
+        self, context: str, *, location: Location | None = None, now: float | None = None
+    ) -> ScoringInputs:
+        """Exactly what the kernel receives for ``context``: ``u``, the prior, the weights,
+        the eligibility mask and ``adjust``. The ONNX parity tests and debugging use it."""
+        ctx = self._context_id(context)
+        t = self._now(now)
+        loc = validate_location(location) if location is not None else None
+        self._settings = self._read_settings()
+        s = self._settings
+        b = self.bundle
+        level = s.level
+        view = self._view(context, t)
+        seg = self._segment(t)
+        C = len(b.taxonomy)
+        opt = np.zeros(C, dtype=np.float32)
+        for c in s.sensitive_opt_ins:
+            opt[b.taxonomy.index(c)] = 1.0
+        g = Guardrails(
+            now=t,
+            context_id=ctx,
+            level_off=level == "off",
+            opt_ins=opt,
+            fatigue=self._fatigue(t),
+            offer_cap=s.offer_cap,
+            location_allowed=self.policy.allows(context, "location"),
+            location=loc,
+        )
+        assert self._geometry is not None
+        w_dot = self.tuning.w_dot if level == "full" else 0.0
+        w_prior = self.tuning.w_prior if level != "off" else 0.0
+        prior = b.priors[seg.active] if level != "off" else np.zeros(C, np.float32)
+        u = view.u if level == "full" else np.zeros(b.config.d, np.float32)
+        return ScoringInputs(
+            u=np.ascontiguousarray(u, dtype=np.float32),
+            prior=np.ascontiguousarray(prior, dtype=np.float32),
+            w_dot=w_dot,
+            w_prior=w_prior,
+            eligible=eligibility(b, self._geometry, g),
+            adjust=adjust_term(self._geometry, g),
+            segment=seg.active if level != "off" else ROOT,
+            context_id=ctx,
+            guardrails=g,
+        )
+
+    def _leave_alone(self, t: float) -> bool:
+        s = self._settings
+        if s.in_quiet_hours(t):
+            return True
+        snoozed = self._store.query("SELECT until FROM snoozes WHERE scope = '*'")
+        if snoozed and snoozed[0][0] > t:
+            return True
+        shown = self._store.query(
+            "SELECT COUNT(*) FROM events WHERE kind = 'impression' AND t > ? AND t <= ?",
+            (t - 86400, t),
+        )[0][0]
+        return bool(shown >= s.daily_cap)
+
+    def recommend(
+        self,
+        context: str,
+        *,
+        k: int = 10,
+        location: Location | None = None,
+        now: float | None = None,
+    ) -> list[Recommendation]:
+        """Rank offers for the calling app's ``context``.
+
+        Returns nothing during quiet hours, a snooze, or once the daily cap is reached. The
+        Rust kernel ranks; the mask and ``adjust`` come from the guardrails. Nothing is cached
+        between calls. An app reports what it actually displayed with
+        ``record("impression", ...)``; caps and fatigue count those.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"k: expected an integer ≥ 1, got {k!r}")
+        inputs = self.scoring_inputs(context, location=location, now=now)
+        if self._leave_alone(inputs.guardrails.now):
+            return []
+        b = self.bundle
+        cat = b.catalog
+        idx, scores = score_topk(
+            inputs.u,
+            cat.embeddings,
+            cat.bias,
+            cat.category,
+            inputs.prior,
+            inputs.eligible,
+            w_dot=inputs.w_dot,
+            w_prior=inputs.w_prior,
+            adjust=inputs.adjust,
+            k=k,
+        )
+        return [
+            self._explain(int(i), float(s), inputs, context)
+            for i, s in zip(idx, scores, strict=True)
+        ]
+
+    def _explain(self, i: int, score: float, x: ScoringInputs, context: str) -> Recommendation:
+        b = self.bundle
+        cat = b.catalog
+        tax = b.taxonomy
+        c = int(cat.category[i])
+        g = x.guardrails
+        near = 0.0
+        if g.location is not None and g.location_allowed and cat.local[i]:
+            assert self._geometry is not None
+            d2 = float(self._geometry.dist2(g.location)[i])
+            near = float(NEAR) * (1.0 - d2 / float(self._geometry.radius2[i]))
+        assert self._geometry is not None
+        seg_label = None
+        if x.segment != ROOT:
+            seg_label = tax[tax.index(b.segments.paths[x.segment].split("/")[0])].display
+        interest_label = None
+        if x.w_dot:
+            view = self._profile.view(self.policy.allowed(context)) if self._profile else None
+            mine = [tax.names[c2] for c2 in cat.categories_of(i)]
+            if view is not None:
+                for c2 in view.interests:
+                    if tax.names[c2] in mine:
+                        interest_label = tax[c2].display
+                        break
+        reasons = [
+            Reason("interest", x.w_dot * float(np.dot(x.u, cat.embeddings[i])), interest_label),
+            Reason("segment", x.w_prior * float(x.prior[c]), seg_label),
+            Reason("popular", float(cat.bias[i])),
+            Reason("near", near),
+            Reason("context", float(CONTEXT_FIT) if self._geometry.targeted[i] else 0.0),
+        ]
+        return Recommendation(
+            offer_id=cat.ids[i],
+            title=cat.titles[i],
+            score=score,
+            reasons=[(r.kind, r.weight) for r in reasons if r.weight != 0.0],
+            explanation=sentence(reasons),
+        )
+
+    # -- leave-alone controls --------------------------------------------------------------------
+
+    def snooze(self, *, now: float | None = None) -> float:
+        """Leave the user alone for a while; returns until when. Each snooze within 30 days of
+        the last one lasts twice as long (1 day, 2, 4, … up to 30 days)."""
+        t = self._now(now)
+        rows = self._store.query("SELECT level, t FROM snoozes WHERE scope = '*'")
+        level = 0
+        if rows and t - rows[0][1] < 30 * 86400:
+            level = rows[0][0] + 1
+        until = t + min(30 * 86400, 86400 * 2**level)
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO snoozes (scope, until, level, t) VALUES ('*', ?, ?, ?) "
+                "ON CONFLICT(scope) DO UPDATE SET until = excluded.until, "
+                "level = excluded.level, t = excluded.t",
+                (until, level, t),
+            )
+        return until
+
+    # -- transparency and control -------------------------------------------------------------
+
+    def events(self, *, limit: int | None = None) -> list[EventRecord]:
+        rows = self._store.query(
+            "SELECT id, kind, context, offer, category, t, strength FROM events ORDER BY id"
+            + (f" LIMIT {int(limit)}" if limit else "")
+        )
+        return [EventRecord(*r) for r in rows]
+
+    def why_interest(self, category: str, *, now: float | None = None) -> list[EventRecord]:
+        """The stored events behind an interest in ``category`` (newest first)."""
+        self.bundle.taxonomy.index(category)
+        t = self._now(now)
+        rows = self._store.query(
+            "SELECT e.id, e.kind, e.context, e.offer, e.category, e.t, e.strength "
+            "FROM events e JOIN event_categories ec ON ec.event_id = e.id "
+            "WHERE ec.category = ? AND e.t <= ? ORDER BY e.t DESC, e.id DESC",
+            (category, t),
+        )
+        return [EventRecord(*r) for r in rows if EVENT_SIGNAL.get(r[1]) is not None]
+
+    def interests(self, context: str, *, now: float | None = None) -> list[tuple[str, float]]:
+        """The interests ``context`` may use, strongest first, as (category, weight)."""
+        self._context_id(context)
+        view = self._view(context, self._now(now))
+        names = self.bundle.taxonomy.names
+        return [(names[c], float(view.affinity[c])) for c in view.interests]
+
+    def export(self) -> dict[str, Any]:
+        """Everything stored on the device, as JSON-ready data."""
+
+        def table(sql: str, cols: Sequence[str]) -> list[dict[str, Any]]:
+            return [dict(zip(cols, r, strict=True)) for r in self._store.query(sql)]
+
+        return {
+            "settings": json.loads(self.settings.to_json()),
+            "attributes": self.attributes(),
+            "events": [e.__dict__ for e in self.events()],
+            "snoozes": table(
+                "SELECT scope, until, level, t FROM snoozes", ("scope", "until", "level", "t")
+            ),
+            "bundle": {"version": self.bundle.version, "digest": self.bundle.digest}
+            if self._bundle
+            else None,
+            **self._export_reports(),
+        }
+
+    def _export_reports(self) -> dict[str, Any]:
+        return {}
+
+    def forget(
+        self,
+        event_ids: Sequence[int] | None = None,
+        *,
+        everything: bool = False,
+        now: float | None = None,
+    ) -> int:
+        """Delete events (or everything) for good; returns how many events were deleted.
+
+        Deleted rows are zeroed (``secure_delete``), the WAL is checkpointed and truncated and
+        the file vacuumed, so no byte of them remains in the database, WAL or shm files; the
+        profile is rebuilt. Forgetting single events keeps what protects the user (memoised
+        responses, the privacy ledger). ``everything=True`` wipes all of it, settings included,
+        and starts the silent period during which nothing is sent.
+        """
+        if everything == (event_ids is not None):
+            raise InputError("event_ids: pass either event ids or everything=True, not both")
+        t = self._now(now)
+        with self._store.transaction() as db:
+            if everything:
+                n = db.execute("DELETE FROM events").rowcount
+                for tbl in ("attributes", "snoozes", "settings"):
+                    db.execute(f"DELETE FROM {tbl}")
+                self._forget_reports(db, t)
+            else:
+                ids = [int(i) for i in event_ids or ()]
+                n = 0
+                for i in ids:
+                    n += db.execute("DELETE FROM events WHERE id = ?", (i,)).rowcount
+            self._bump_generation(db)
+        self._store.scrub()
+        self._settings = self._read_settings()
+        self._profile = None
+        return n
+
+    def _forget_reports(self, db: Any, t: float) -> None:
+        """Hook: wipe report state and start the silent period (:mod:`localrank.reports`)."""
