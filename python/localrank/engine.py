@@ -37,6 +37,7 @@ from localrank.guardrails import (
 )
 from localrank.policy import EVENT_KINDS, EVENT_SIGNAL, SEGMENTS_ROW, Policy
 from localrank.profile import Profile, ProfileRules, ProfileView, _Event
+from localrank.reports import LedgerEntry, OutboxBatch, Reporter, ReportingStatus, SentReport
 from localrank.segments import ROOT
 from localrank.settings import Settings
 from localrank.store import Store
@@ -130,7 +131,14 @@ class Engine:
         self._profile: Profile | None = None
         self._profile_now = -math.inf
         self._generation = -1
+        self.last_report_stops: list[str] = []
         self._settings = self._read_settings()
+        self._reporter = Reporter(
+            store,
+            lambda: self.bundle,
+            lambda: self._settings,
+            lambda t: (lambda seg: (seg.finest, seg.active))(self._segment(t)),
+        )
         stored = store.query("SELECT data FROM bundle WHERE id = 1")
         if stored:
             # The stored bundle was verified when installed; verify again (the file may have
@@ -263,6 +271,8 @@ class Engine:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (new.to_json(),),
             )
+            if not new.reporting or new.level == "off":
+                self._reporter.drop_unsent(db)
         self._settings = new
         return new
 
@@ -311,6 +321,7 @@ class Engine:
             raise InputError(f"kind: expected one of {list(EVENT_KINDS)}, got {kind!r}")
         self._context_id(context)
         t = self._now(now)
+        self._settings = self._read_settings()
         b = self.bundle
         cats: list[str] = []
         if kind in OFFER_EVENTS and offer is None:
@@ -364,7 +375,7 @@ class Engine:
         return event_id
 
     def _after_record(self, db: Any, event_id: int, kind: str, offer: str | None, t: float) -> None:
-        """Hook for what leaves the device (see :mod:`localrank.reports`)."""
+        self._reporter.on_record(db, event_id, kind, offer, t)
 
     def set_attributes(
         self,
@@ -705,7 +716,11 @@ class Engine:
         }
 
     def _export_reports(self) -> dict[str, Any]:
-        return {}
+        return {
+            "privacy_ledger": [e.__dict__ for e in self.privacy_ledger()],
+            "outbox": [r.__dict__ for r in self.outbox(include_pending=True)],
+            "memoised_responses": self._store.query("SELECT COUNT(*) FROM memos")[0][0],
+        }
 
     def forget(
         self,
@@ -743,4 +758,41 @@ class Engine:
         return n
 
     def _forget_reports(self, db: Any, t: float) -> None:
-        """Hook: wipe report state and start the silent period (:mod:`localrank.reports`)."""
+        self._reporter.forget_everything(db, t)
+
+    # -- what leaves the device -----------------------------------------------------------------
+
+    def reporting_status(self, *, now: float | None = None) -> ReportingStatus:
+        """Whether reports are being made, and if not, why."""
+        self._settings = self._read_settings()
+        return self._reporter.status(self._now(now))
+
+    def privacy_ledger(self) -> list[LedgerEntry]:
+        """Every ε the device spent: each report and each memoised permanent response."""
+        return self._reporter.accountant.entries()
+
+    def outbox(self, *, include_pending: bool = False) -> list[SentReport]:
+        """Every report that left the device: when, where to, its size and its ε (and, with
+        ``include_pending``, the ones still queued)."""
+        return self._reporter.outbox.sent(include_pending=include_pending)
+
+    def take_batch(self, *, now: float | None = None) -> OutboxBatch | None:
+        """Make this epoch's due reports (within ``L`` and the budgets) and hand out the next
+        batch to send, or None. Until :meth:`acknowledge` is called, the same batch (same
+        nonces) is handed out again, so retries are idempotent."""
+        t = self._now(now)
+        self._settings = self._read_settings()
+        if not self._reporter.status(t).active:
+            return None
+        self.last_report_stops = self._reporter.prepare(t)
+        return self._reporter.outbox.take(t)
+
+    def acknowledge(
+        self, batch: OutboxBatch, *, destination: str, now: float | None = None
+    ) -> None:
+        """Record that ``batch`` reached ``destination`` (the server stored every report)."""
+        if not isinstance(batch, OutboxBatch):
+            raise InputError(f"batch: expected an OutboxBatch, got {type(batch).__name__}")
+        if not isinstance(destination, str) or not destination:
+            raise InputError(f"destination: expected a non-empty string, got {destination!r}")
+        self._reporter.outbox.acknowledge(batch, destination=destination, now=self._now(now))

@@ -36,7 +36,9 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 class BundleConfig:
     """The server's published settings, which every device follows.
 
-    ``epsilon`` and ``epsilon_perm`` are the public parameters of each report's instantaneous
+    ``oracle`` is the LDP frequency oracle for segments; ``auto`` picks by variance for the
+    segment domain (GRR when ``d_seg < 3e^ε + 2``). ``epsilon`` and ``epsilon_perm`` are the
+    public parameters of each report's instantaneous
     and permanent randomised response; ``report_limit`` is ``L``, the most engagement reports a
     device sends per epoch (the server's noise assumes it); ``central_epsilon`` is the server's
     ε for the discrete noise it adds in ``central`` mode.
@@ -48,6 +50,7 @@ class BundleConfig:
     segment_depth: int = 3
     min_population: int = 50
     mode: Mode = "ldp"
+    oracle: Literal["auto", "grr", "oue"] = "auto"
     epsilon: float = 2.0
     epsilon_perm: float = 4.0
     report_limit: int = 3
@@ -70,6 +73,7 @@ class BundleConfig:
             self.contexts,
         )
         need(self.mode in ("ldp", "central"), "mode", "'ldp' or 'central'", self.mode)
+        need(self.oracle in ("auto", "grr", "oue"), "oracle", "'auto', 'grr' or 'oue'", self.oracle)
         need(self.min_population >= 1, "min_population", "an integer ≥ 1", self.min_population)
         need(self.report_limit >= 1, "report_limit", "an integer ≥ 1", self.report_limit)
         need(
