@@ -1,12 +1,14 @@
-"""The ``localrank`` command."""
+"""The ``localrank`` command. Each job registers its own subcommand; this module only wires
+them together."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -24,27 +26,118 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from localrank.bundle import generate_keypair
+
+    generate_keypair(args.private, args.public)
+    print(f"wrote {args.private} (keep it secret) and {args.public}")
+    return 0
+
+
+def _cmd_bundle_build(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from localrank.bundle import BundleConfig, build_bundle
+    from localrank.catalog import Catalog, load_offers
+    from localrank.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.load(args.taxonomy)
+    ctx = json.loads(Path(args.contexts).read_text(encoding="utf-8"))
+    config = BundleConfig(
+        d=args.d,
+        contexts=tuple(ctx["contexts"]),
+        regions=tuple(ctx.get("regions", ())),
+        min_population=args.min_population,
+        mode=args.mode,
+    )
+    offers = load_offers(args.catalog)
+    catalog = Catalog.from_offers(offers, taxonomy, config.contexts, d=config.d)
+    created = args.created if args.created is not None else time.time()
+    data = build_bundle(
+        catalog=catalog,
+        taxonomy=taxonomy,
+        config=config,
+        version=args.version,
+        created=created,
+        expires=created + args.ttl_days * 86400,
+        signing_key=Path(args.key).read_bytes(),
+    )
+    Path(args.output).write_bytes(data)
+    print(f"wrote {args.output}: version {args.version}, {len(catalog)} offers, {len(data):,} B")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from localrank.demo_catalog import write_models
+
+    for name, path in write_models(args.dir).items():
+        print(f"{name:>10}: {path}")
+    return 0
+
+
+def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser("demo", help="rank offers on the embedded demo defaults")
+    demo.add_argument("-k", type=int, default=10, help="how many offers to show (default 10)")
+    demo.set_defaults(func=_cmd_demo)
+
+    kernels = sub.add_parser("kernels", help="list the kernel paths this machine can run")
+    kernels.set_defaults(func=_cmd_kernels)
+
+    keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for signing bundles")
+    keygen.add_argument("--private", default="bundle-key.pem", help="private key file (PEM)")
+    keygen.add_argument("--public", default="bundle-key.pub.pem", help="public key file (PEM)")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    bundle = sub.add_parser("bundle", help="work with signed bundles")
+    bsub = bundle.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    build = bsub.add_parser("build", help="build a signed bundle from a catalog and taxonomy")
+    build.add_argument("--catalog", required=True, help="offers, JSON or CSV")
+    build.add_argument("--taxonomy", required=True, help="taxonomy JSON")
+    build.add_argument("--contexts", required=True, help='JSON {"contexts": [...], "regions"}')
+    build.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
+    build.add_argument("-o", "--output", required=True, help="the bundle file to write")
+    build.add_argument("--version", type=int, default=1)
+    build.add_argument("--d", type=int, default=32, help="embedding dimension")
+    build.add_argument("--min-population", type=int, default=50)
+    build.add_argument("--mode", choices=("ldp", "central"), default="ldp")
+    build.add_argument("--created", type=float, default=None, help="POSIX time (default now)")
+    build.add_argument("--ttl-days", type=float, default=30.0, help="expiry after creation")
+    build.set_defaults(func=_cmd_bundle_build)
+
+    models = sub.add_parser("models", help="regenerate the demo files in models/")
+    models.add_argument("--dir", default="models")
+    models.set_defaults(func=_cmd_models)
+
+
+#: Every module that contributes subcommands. Add a job by adding its register function.
+REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _register_core,
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one subcommand per job."""
     parser = argparse.ArgumentParser(
         prog="localrank", description="On-device offer ranking that never gets too personal."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    demo = sub.add_parser("demo", help="rank a demo catalog for a sample user")
-    demo.add_argument("-k", type=int, default=10, help="how many offers to show (default 10)")
-    demo.set_defaults(func=_cmd_demo)
-
-    kernels = sub.add_parser("kernels", help="list the kernel paths this machine can run")
-    kernels.set_defaults(func=_cmd_kernels)
+    for register in REGISTRARS:
+        register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``localrank`` command line; returns the exit status."""
+    from localrank.errors import LocalrankError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except LocalrankError as e:
+        print(f"localrank: error: {e}", file=sys.stderr)
+        return 2
     return status
 
 
