@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from report_fixtures import T0, open_engine, plain_offers, sensitive_offers
 
 from localrank.clock import epoch_of
 from localrank.reports import validate_batch, validate_report
 from localrank.reports.wire import EVENT_ON_WIRE, schema_document
+from report_fixtures import T0, open_engine, plain_offers, sensitive_offers
 
 DAY = 86400.0
 
@@ -111,7 +111,7 @@ def test_sensitive_offers_are_never_reported(tmp_path: Path) -> None:
     assert not any(o in json.dumps(reports) for o in bad)
 
 
-def test_at_most_L_engagements_per_epoch_and_the_rest_wait(tmp_path: Path) -> None:
+def test_at_most_l_engagements_per_epoch_and_the_rest_wait(tmp_path: Path) -> None:
     engine, clock = open_engine(tmp_path, report_limit=3)
     offers = plain_offers(engine, 8)
     for o in offers:
@@ -205,7 +205,7 @@ def test_forgetting_everything_starts_thirty_silent_days(tmp_path: Path) -> None
 
 
 def test_a_batch_is_one_epoch_and_retries_reuse_the_nonces(tmp_path: Path) -> None:
-    engine, clock = open_engine(tmp_path, report_limit=3)
+    engine, _ = open_engine(tmp_path, report_limit=3)
     for o in plain_offers(engine, 3):
         engine.record("click", context="shopping", offer=o, now=T0 - 60)
     first = engine.take_batch()
