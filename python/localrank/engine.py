@@ -131,13 +131,14 @@ class Engine:
         self._profile: Profile | None = None
         self._profile_now = -math.inf
         self._generation = -1
+        self._last_purge = -math.inf
         self.last_report_stops: list[str] = []
         self._settings = self._read_settings()
         self._reporter = Reporter(
             store,
             lambda: self.bundle,
             lambda: self._settings,
-            lambda t: (lambda seg: (seg.finest, seg.active))(self._segment(t)),
+            lambda t: self._segment_ids(t),
         )
         stored = store.query("SELECT data FROM bundle WHERE id = 1")
         if stored:
@@ -353,8 +354,8 @@ class Engine:
             raise InputError(f"strength: expected a finite number ≥ 0, got {strength!r}")
         with self._store.transaction() as db:
             cur = db.execute(
-                "INSERT INTO events (kind, context, offer, category, lat, lon, strength, t) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (kind, context, offer, category, lat, lon, region, strength, "
+                "t) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     kind,
                     context,
@@ -362,6 +363,7 @@ class Engine:
                     category,
                     loc[0] if loc else None,
                     loc[1] if loc else None,
+                    region_of(loc) if loc else None,
                     float(strength),
                     t,
                 ),
@@ -411,9 +413,15 @@ class Engine:
     # -- profile -------------------------------------------------------------------------------
 
     def _purge(self, now: float) -> None:
+        """Delete events past the retention; checked at most once an hour of engine time."""
+        if abs(now - self._last_purge) < 3600:
+            return
+        self._last_purge = now
+        cutoff = now - RETENTION_S
+        if not self._store.query("SELECT 1 FROM events WHERE t < ? LIMIT 1", (cutoff,)):
+            return
         with self._store.transaction() as db:
-            gone = db.execute("DELETE FROM events WHERE t < ?", (now - RETENTION_S,)).rowcount
-            if gone:
+            if db.execute("DELETE FROM events WHERE t < ?", (cutoff,)).rowcount:
                 self._bump_generation(db)
 
     def _bump_generation(self, db: Any) -> None:
@@ -457,18 +465,22 @@ class Engine:
         self._profile_now = now
         return profile
 
+    def _segment_ids(self, t: float) -> tuple[int, int]:
+        seg = self._segment(self._sync_profile(t), t)
+        return seg.finest, seg.active
+
     def _view(self, context: str, now: float) -> ProfileView:
         return self._sync_profile(now).view(self.policy.allowed(context))
 
     def segment(self, *, now: float | None = None) -> SegmentInfo:
         """The device's finest segment and the active one it may use and report."""
         t = self._now(now)
-        return self._segment(t)
+        return self._segment(self._sync_profile(t), t)
 
-    def _segment(self, t: float) -> SegmentInfo:
+    def _segment(self, profile: Profile, t: float) -> SegmentInfo:
         b = self.bundle
         row = self.policy.allowed(SEGMENTS_ROW)
-        view = self._sync_profile(t).view(row - {"region"})
+        view = profile.view(row - {"region"})
         top = [b.taxonomy.names[c] for c in view.interests[:2]]
         region = self._region(t) if "region" in row else None
         finest = b.segments.finest(top, region)
@@ -476,20 +488,17 @@ class Engine:
         return SegmentInfo(finest, active, b.segments.paths[finest], b.segments.paths[active])
 
     def _region(self, t: float) -> str | None:
+        """The region attribute if set, else the bundle region visited most (90 days)."""
         regions = self.bundle.config.regions
         attr = self.attributes().get("region")
         if attr in regions:
             return attr
         rows = self._store.query(
-            "SELECT lat, lon FROM events WHERE kind = 'visit' AND t > ? AND lat IS NOT NULL",
-            (t - RETENTION_S,),
+            "SELECT region, COUNT(*) AS n FROM events WHERE kind = 'visit' AND t > ? AND t <= ? "
+            "AND region IS NOT NULL GROUP BY region ORDER BY n DESC, region",
+            (t - RETENTION_S, t),
         )
-        counts: dict[str, int] = {}
-        for lat, lon in rows:
-            r = region_of((lat, lon))
-            if r in regions:
-                counts[r] = counts.get(r, 0) + 1
-        return max(sorted(counts), key=lambda r: counts[r]) if counts else None
+        return next((r for r, _ in rows if r in regions), None)
 
     # -- ranking -------------------------------------------------------------------------------
 
@@ -524,8 +533,9 @@ class Engine:
         s = self._settings
         b = self.bundle
         level = s.level
-        view = self._view(context, t)
-        seg = self._segment(t)
+        profile = self._sync_profile(t)
+        view = profile.view(self.policy.allowed(context))
+        seg = self._segment(profile, t)
         C = len(b.taxonomy)
         opt = np.zeros(C, dtype=np.float32)
         for c in s.sensitive_opt_ins:
@@ -604,12 +614,14 @@ class Engine:
             adjust=inputs.adjust,
             k=k,
         )
+        view = self._profile.view(self.policy.allowed(context)) if self._profile else None
         return [
-            self._explain(int(i), float(s), inputs, context)
-            for i, s in zip(idx, scores, strict=True)
+            self._explain(int(i), float(s), inputs, view) for i, s in zip(idx, scores, strict=True)
         ]
 
-    def _explain(self, i: int, score: float, x: ScoringInputs, context: str) -> Recommendation:
+    def _explain(
+        self, i: int, score: float, x: ScoringInputs, view: ProfileView | None
+    ) -> Recommendation:
         b = self.bundle
         cat = b.catalog
         tax = b.taxonomy
@@ -626,7 +638,6 @@ class Engine:
             seg_label = tax[tax.index(b.segments.paths[x.segment].split("/")[0])].display
         interest_label = None
         if x.w_dot:
-            view = self._profile.view(self.policy.allowed(context)) if self._profile else None
             mine = [tax.names[c2] for c2 in cat.categories_of(i)]
             if view is not None:
                 for c2 in view.interests:
