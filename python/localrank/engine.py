@@ -503,22 +503,26 @@ class Engine:
     # -- ranking -------------------------------------------------------------------------------
 
     def _fatigue(self, t: float) -> np.ndarray:
+        """Per-offer fatigue: impressions in the last 24 h, plus ``offer_cap`` (so the offer
+        rests) for a dismiss in the last 7 days or a purchase still on the device (an offer
+        already taken up is not pushed again)."""
         cap = self._settings.offer_cap
         catalog = self.bundle.catalog
         fatigue = np.zeros(len(catalog), dtype=np.float32)
         rows = self._store.query(
             "SELECT offer, SUM(CASE WHEN kind = 'impression' AND t > ? THEN 1 ELSE 0 END), "
-            "       MAX(CASE WHEN kind = 'dismiss' THEN 1 ELSE 0 END) "
+            "       MAX(CASE WHEN kind IN ('dismiss', 'purchase') THEN 1 ELSE 0 END) "
             "FROM events WHERE offer IS NOT NULL AND t <= ? AND "
-            "((kind = 'impression' AND t > ?) OR (kind = 'dismiss' AND t > ?)) GROUP BY offer",
+            "((kind = 'impression' AND t > ?) OR (kind = 'dismiss' AND t > ?) "
+            " OR kind = 'purchase') GROUP BY offer",
             (t - 86400, t, t - 86400, t - 7 * 86400),
         )
-        for offer, shown, dismissed in rows:
+        for offer, shown, done in rows:
             try:
                 i = catalog.index_of(offer)
             except InputError:
                 continue
-            fatigue[i] = float(shown or 0) + (cap if dismissed else 0)
+            fatigue[i] = float(shown or 0) + (cap if done else 0)
         return fatigue
 
     def scoring_inputs(
