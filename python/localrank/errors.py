@@ -6,7 +6,7 @@ The compiled core maps its own errors onto these classes, in one place
 
 from __future__ import annotations
 
-__all__ = ["InputError", "KernelError", "LocalrankError"]
+__all__ = ["DataUnavailableError", "InputError", "KernelError", "LocalrankError"]
 
 
 class LocalrankError(Exception):
@@ -20,3 +20,9 @@ class InputError(LocalrankError, ValueError):
 
 class KernelError(LocalrankError, RuntimeError):
     """A kernel path was requested that this machine cannot run."""
+
+
+class DataUnavailableError(LocalrankError, RuntimeError):
+    """A data set could not be obtained intact: it is not cached, fetching it failed, or what was
+    fetched or found does not match its pinned checksums. The message says what was tried and
+    how to provide the files by hand."""
