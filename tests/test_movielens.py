@@ -422,3 +422,28 @@ def test_corrupt_cache_is_fetched_again(
         == RECBOLE_SHA256["ml-100k.user"]
     )
     assert_same_dataset(repaired, ml100k)
+
+
+def test_intact_cache_needs_no_network(cache_dir: Path, tmp_path: Path, offline_pip: None) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in RECBOLE_FILES:
+        shutil.copyfile(cache_dir / name, copy / name)
+    assert fetch_movielens_100k(copy) == copy
+    assert len(load_movielens_100k(copy).ratings) == 100_000
+
+
+def test_fetched_wheel_that_fails_the_checksum_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stands in for a tampered or different wheel: the pin no longer matches what pip gets."""
+    import localrank.movielens as movielens
+
+    monkeypatch.setitem(movielens.RECBOLE_SHA256, "ml-100k.item", "0" * 64)
+    target = tmp_path / "cache"
+    with pytest.raises(DataUnavailableError, match="does not hold the pinned") as info:
+        fetch_movielens_100k(target)
+    real = "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"
+    assert f"ml-100k.item has SHA-256 {real}, expected {'0' * 64}" in str(info.value)
+    # Nothing is written from a wheel that failed the check, not even the files that passed.
+    assert not target.exists() or not any(target.iterdir())
