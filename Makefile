@@ -53,6 +53,7 @@ lint: build
 bench: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops
 	$(PY) benches/compare.py
+	$(PY) benches/recommend.py
 
 clean:
 	rm -rf $(VENV) target python/localrank/*.so
