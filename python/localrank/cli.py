@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from localrank.server import cli as _server_cli
+
 __all__ = ["build_parser", "main"]
 
 
@@ -113,6 +115,7 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 #: Every module that contributes subcommands. Add a job by adding its register function.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_core,
+    _server_cli.register,
 ]
 
 

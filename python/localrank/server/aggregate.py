@@ -1,0 +1,274 @@
+"""``localrank aggregate``: fold closed epochs, purge, and publish a new signed bundle.
+
+One run, under the server's (injectable) clock:
+
+1. **Fold.** An epoch is *closed* once no report for it can be accepted any more: the
+   accepted window is the current epoch ± 1, so epoch ``e`` closes when the clock, less a grace
+   period (default 1 hour, for requests in flight), reaches epoch ``e + 2``. Each closed epoch's
+   raw reports become partial sums (:mod:`localrank.server.sums`, noise added there) in one
+   transaction that also marks the epoch folded; ingest refuses a folded epoch in its own
+   transaction, so no report is stored that would never be counted.
+2. **Purge.** Raw reports of folded epochs older than ``raw_retention_epochs`` (default 0:
+   deleted in the fold itself) and nonces older than ``nonce_retention_epochs`` (default 7,
+   far beyond the retry window) are deleted.
+3. **Publish**, when something was folded or the current bundle is past half its lifetime:
+   populations from the last ``census_window`` folded epochs, engagement, priors, popularity
+   and learned embeddings from the last ``window_epochs`` (:mod:`localrank.server.estimate`,
+   :mod:`localrank.server.embeddings`), signed with :func:`localrank.bundle.build_bundle` as
+   version ``latest + 1``. Only folded (noised) epochs are ever used, so repeated publishing
+   never re-spends privacy on the same reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from localrank.bundle import Bundle, build_bundle, load_private_key, open_bundle
+from localrank.catalog import content_embeddings
+from localrank.clock import SECONDS_PER_DAY, Clock, SystemClock, epoch_of
+from localrank.errors import InputError
+from localrank.server.embeddings import embedding_version, learned_embeddings
+from localrank.server.estimate import category_priors, engagement, populations
+from localrank.server.storage import NONCE_RETENTION_EPOCHS, BundleRow, Storage
+from localrank.server.sums import CensusSums, EngagementSums, decode_sum, fold_reports
+
+__all__ = [
+    "AggregationResult",
+    "AggregationSettings",
+    "Aggregator",
+    "closed_before",
+    "ensure_base_bundle",
+]
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    """The aggregation's knobs; every default is documented in ``docs/server.md``."""
+
+    window_epochs: int = 28
+    census_window: int | None = None  # None: the bundle's census_interval_days
+    grace_seconds: float = 3600.0
+    raw_retention_epochs: int = 0
+    nonce_retention_epochs: int = NONCE_RETENTION_EPOCHS
+    bundle_ttl_days: float = 7.0
+    prior_strength: float = 50.0
+    popularity_weight: float = 0.2
+    embedding_max_weight: float = 0.5
+    embedding_confidence: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in ("window_epochs", "raw_retention_epochs", "nonce_retention_epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"{name}: expected an integer ≥ 0, got {v!r}")
+        if self.window_epochs < 1:
+            raise InputError(f"window_epochs: expected ≥ 1, got {self.window_epochs}")
+        if self.nonce_retention_epochs < 2:
+            raise InputError(
+                "nonce_retention_epochs: expected ≥ 2, so a nonce outlives the retry window, "
+                f"got {self.nonce_retention_epochs}"
+            )
+        if self.census_window is not None and self.census_window < 1:
+            raise InputError(f"census_window: expected ≥ 1, got {self.census_window}")
+        if not self.bundle_ttl_days > 0:
+            raise InputError(f"bundle_ttl_days: expected > 0, got {self.bundle_ttl_days}")
+        if not self.grace_seconds >= 0:
+            raise InputError(f"grace_seconds: expected ≥ 0, got {self.grace_seconds}")
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """What one run did."""
+
+    folded: list[int] = field(default_factory=list)
+    purged_reports: int = 0
+    purged_nonces: int = 0
+    published: int | None = None  # the new bundle version
+    census_reports: int = 0
+    engagement_reports: int = 0
+    usable_segments: int = 0
+
+
+def closed_before(now: float, grace_seconds: float) -> int:
+    """Epochs below this are closed: no report for them is accepted any more."""
+    return epoch_of(now - grace_seconds) - 1
+
+
+class Aggregator:
+    """Runs aggregation against one storage with one signing key."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        signing_key: Ed25519PrivateKey | bytes | str,
+        *,
+        clock: Clock | None = None,
+        settings: AggregationSettings | None = None,
+    ) -> None:
+        self.storage = storage
+        self.key = load_private_key(signing_key)
+        self.public_key = self.key.public_key()
+        self.clock = clock or SystemClock()
+        self.settings = settings or AggregationSettings()
+
+    def current_bundle(self) -> Bundle:
+        """The latest published bundle, verified (an expired one still counts as current)."""
+        row = self.storage.latest_bundle()
+        if row is None:
+            raise InputError(
+                "storage: no bundle published yet; start the server with a base bundle"
+            )
+        return open_bundle(row.data, self.public_key, now=-math.inf)
+
+    def run(self, *, now: float | None = None, force_publish: bool = False) -> AggregationResult:
+        """One aggregation run (see the module docstring)."""
+        t = self.clock.now() if now is None else float(now)
+        s = self.settings
+        bundle = self.current_bundle()
+        cfg = bundle.config
+        closed = closed_before(t, s.grace_seconds)
+        tracked = np.flatnonzero(
+            (bundle.segments.populations >= cfg.min_population)
+            | (np.arange(len(bundle.segments)) == 0)
+        )
+        folded: list[int] = []
+        for epoch in self.storage.raw_epochs():
+            if epoch >= closed:
+                continue
+            rows = self.storage.raw_reports(epoch)
+            sums = fold_reports(
+                rows,
+                epoch=epoch,
+                d_seg=bundle.segments.d_seg,
+                parents=bundle.segments.parents,
+                offers=bundle.catalog.ids,
+                tracked=tracked,
+                central_epsilon=cfg.central_epsilon,
+                report_limit=cfg.report_limit,
+            )
+            if self.storage.fold(epoch, sums, t, delete_raw=s.raw_retention_epochs == 0):
+                folded.append(epoch)
+        current = epoch_of(t)
+        purged = self.storage.purge(
+            raw_before=current - s.raw_retention_epochs,
+            nonces_before=current - s.nonce_retention_epochs,
+        )
+        result = AggregationResult(folded, purged[0], purged[1])
+        half_life = (bundle.expires - bundle.created) / 2
+        if folded or force_publish or t >= bundle.created + half_life:
+            result = self._publish(bundle, t, closed, result)
+        return result
+
+    def _publish(
+        self, bundle: Bundle, t: float, closed: int, result: AggregationResult
+    ) -> AggregationResult:
+        s = self.settings
+        cfg = bundle.config
+        last = closed - 1
+        census_window = s.census_window or cfg.census_interval_days
+        decoded = [
+            decode_sum(r)
+            for r in self.storage.sums(last - s.window_epochs + 1, last)
+            if r.kind == "engagement"
+        ]
+        first_census = last - census_window + 1
+        census_rows = [r for r in self.storage.sums(first_census, last) if r.kind == "census"]
+        census = [c for c in map(decode_sum, census_rows) if isinstance(c, CensusSums)]
+        eng_sums = [e for e in decoded if isinstance(e, EngagementSums)]
+        segs = bundle.segments
+        pops = populations(
+            census,
+            parents=segs.parents,
+            min_population=cfg.min_population,
+            central_epsilon=cfg.central_epsilon,
+        )
+        catalog = bundle.catalog
+        eng = engagement(
+            eng_sums,
+            offers=catalog.ids,
+            d_seg=segs.d_seg,
+            central_epsilon=cfg.central_epsilon,
+            report_limit=cfg.report_limit,
+        )
+        published = pops.published if census else segs.populations
+        priors = category_priors(
+            eng,
+            primary=catalog.category,
+            sensitive_categories=bundle.taxonomy.sensitive_mask,
+            parents=segs.parents,
+            published=published,
+            prior_strength=s.prior_strength,
+        )
+        base_bias = bundle.extras.get("extra_base_bias", catalog.bias).astype(np.float32)
+        pop = np.clip(eng.popularity, 0, None)
+        bias = base_bias.copy()
+        if pop.max(initial=0.0) > 0:
+            bias += (s.popularity_weight * np.log1p(pop) / np.log1p(pop.max())).astype(np.float32)
+        tax = bundle.taxonomy
+        content = content_embeddings(
+            [[tax.names[c] for c in catalog.categories_of(i)] for i in range(len(catalog))],
+            tax,
+            cfg.d,
+            local=list(catalog.local),
+        )
+        learned = learned_embeddings(
+            eng.scores,
+            content,
+            max_weight=s.embedding_max_weight,
+            confidence=s.embedding_confidence,
+        )
+        embeddings = content if learned is None else learned
+        version_name = "content-1" if learned is None else embedding_version(embeddings)
+        new_catalog = replace(catalog, bias=bias, embeddings=embeddings)
+        new_config = replace(cfg, embedding_version=version_name)
+        latest = self.storage.latest_bundle()
+        version = (latest.version if latest else bundle.version) + 1
+        data = build_bundle(
+            catalog=new_catalog,
+            taxonomy=tax,
+            config=new_config,
+            version=version,
+            created=t,
+            expires=t + s.bundle_ttl_days * SECONDS_PER_DAY,
+            signing_key=self.key,
+            populations=published,
+            priors=priors,
+            extras={**bundle.extras, "extra_base_bias": base_bias},
+        )
+        opened = open_bundle(data, self.public_key, now=t)
+        if not self.storage.add_bundle(BundleRow(version, opened.digest, t, data)):
+            return result  # another worker published this version first
+        return replace(
+            result,
+            published=version,
+            census_reports=pops.reports,
+            engagement_reports=eng.reports,
+            usable_segments=int(np.sum(published >= cfg.min_population)),
+        )
+
+
+def ensure_base_bundle(storage: Storage, base: bytes, key: Ed25519PrivateKey | bytes | str) -> int:
+    """Publish ``base`` as the first bundle when the storage holds none; return the latest
+    version. ``base`` must verify against ``key``'s public key.
+
+    Raises:
+        InputError: naming ``base`` when it does not verify against the signing key.
+    """
+    from localrank.errors import BundleError
+
+    public = load_private_key(key).public_key()
+    latest = storage.latest_bundle()
+    if latest is not None:
+        return latest.version
+    try:
+        opened = open_bundle(base, public, now=-math.inf)
+    except BundleError as e:
+        raise InputError(f"base: the base bundle does not verify with the signing key: {e}") from e
+    storage.add_bundle(BundleRow(opened.version, opened.digest, opened.created, base))
+    latest = storage.latest_bundle()
+    assert latest is not None
+    return latest.version

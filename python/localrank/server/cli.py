@@ -1,0 +1,149 @@
+"""``localrank serve`` and ``localrank aggregate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from datetime import datetime
+
+__all__ = ["register"]
+
+_MODELS = "models"
+
+
+def _when(text: str) -> float:
+    """POSIX seconds or an ISO-8601 time with a zone."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected POSIX seconds or an ISO-8601 time with a zone, got {text!r}"
+        ) from None
+    if t.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"expected a time with a zone, got {text!r}")
+    return t.timestamp()
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, help="sqlite:///path or postgresql://user@host:port/db")
+    p.add_argument(
+        "--key", default=f"{_MODELS}/demo-key.pem", help="Ed25519 private key that signs bundles"
+    )
+    p.add_argument(
+        "--base-bundle",
+        default=f"{_MODELS}/demo.bundle",
+        help="bundle published first when the database holds none (must verify with --key)",
+    )
+    p.add_argument(
+        "--now",
+        type=_when,
+        default=None,
+        help="replay: the server's clock starts at this time (POSIX or ISO-8601) and runs on",
+    )
+    p.add_argument("--window-epochs", type=int, default=28, help="engagement window (epochs)")
+    p.add_argument("--ttl-days", type=float, default=7.0, help="lifetime of published bundles")
+
+
+def _config(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyped-def]
+    from localrank.clock import SystemClock
+    from localrank.server.aggregate import AggregationSettings
+    from localrank.server.config import ServerConfig, ShiftedClock
+
+    offset = 0.0 if args.now is None else args.now - time.time()
+    return ServerConfig(
+        db=args.db,
+        key=args.key,
+        base_bundle=args.base_bundle,
+        clock=ShiftedClock(offset) if args.now is not None else SystemClock(),
+        aggregation=AggregationSettings(
+            window_epochs=args.window_epochs, bundle_ttl_days=args.ttl_days
+        ),
+        **extra,  # type: ignore[arg-type]
+    ), offset
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from localrank.server.config import CONFIG_ENV
+
+    config, offset = _config(
+        args,
+        max_body_bytes=args.max_body_bytes,
+        max_reports=args.max_reports,
+        aggregate_every=args.aggregate_every if args.aggregate_every > 0 else None,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ[CONFIG_ENV] = config.to_env(clock_offset=offset)
+    # uvicorn's own access log prints the client address: it is off, and the app logs
+    # requests without it (localrank.server.access).
+    uvicorn.run(
+        "localrank.server.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        log_level="info",
+    )
+    return 0
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from localrank.server.aggregate import Aggregator, ensure_base_bundle
+    from localrank.server.storage import open_storage
+
+    config, _ = _config(args)
+    storage = open_storage(config.db)
+    try:
+        ensure_base_bundle(storage, config.base_bundle_bytes(), config.key_bytes())
+        result = Aggregator(
+            storage, config.key_bytes(), clock=config.clock, settings=config.aggregation
+        ).run(force_publish=args.publish)
+    finally:
+        storage.close()
+    console = Console()
+    console.print(f"folded epochs: {result.folded or 'none'}")
+    console.print(f"purged: {result.purged_reports} raw reports, {result.purged_nonces} nonces")
+    if result.published is None:
+        console.print("published: nothing new (use --publish to force)")
+    else:
+        console.print(
+            f"published bundle version {result.published}: {result.census_reports} census and "
+            f"{result.engagement_reports} engagement reports (noised counts), "
+            f"{result.usable_segments} usable segments"
+        )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` and ``aggregate`` to the ``localrank`` command."""
+    serve = sub.add_parser("serve", help="run the aggregation server (FastAPI on uvicorn)")
+    _common(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    serve.add_argument("--max-reports", type=int, default=256)
+    serve.add_argument(
+        "--aggregate-every",
+        type=float,
+        default=3600.0,
+        help="seconds between aggregation runs inside the server (0: never)",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    agg = sub.add_parser("aggregate", help="fold closed epochs and publish a new signed bundle")
+    _common(agg)
+    agg.add_argument("--publish", action="store_true", help="publish even if nothing new")
+    agg.set_defaults(func=_cmd_aggregate)
