@@ -21,15 +21,17 @@ import pytest
 from localrank.clock import FixedClock, epoch_of
 from localrank.reports.wire import batch_body
 from localrank.server.app import create_app
-from server_fixtures import (  # noqa: F401 (fixtures)
+
+pytest.register_assert_rewrite("server_fixtures")
+from server_fixtures import (  # noqa: E402 (after the rewrite hook)
     LiveServer,
-    clock,
-    db_url,
     demo_bundle,
     device_reports,
-    live,
     server_config,
 )
+
+# The fixtures (db_url over both backends, clock, live) live in server_fixtures.
+pytest_plugins = ["server_fixtures"]
 
 
 def _batch(clock: FixedClock, n: int = 5, **overrides: Any) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -100,7 +101,8 @@ class SyncClient:
             raise InputError(f"base_url: expected an http(s):// URL, got {base_url!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise InputError(f"retries: expected an integer ≥ 0, got {retries!r}")
-        for name, value in (("backoff", backoff), ("max_backoff", max_backoff), ("timeout", timeout)):
+        limits = (("backoff", backoff), ("max_backoff", max_backoff), ("timeout", timeout))
+        for name, value in limits:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise InputError(f"{name}: expected a finite number ≥ 0, got {value!r}")
         if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
@@ -171,10 +173,8 @@ class SyncClient:
                 last good bundle stays in use.
         """
         headers = {}
-        try:
+        with contextlib.suppress(LocalrankError):  # no bundle yet: fetch unconditionally
             headers["If-None-Match"] = f'"{self.engine.bundle.digest}"'
-        except LocalrankError:
-            pass  # no bundle yet: fetch unconditionally
         response = self._request("GET", "/v1/bundle", headers=headers)
         if response.status_code == 304:
             return FetchResult("not_modified", self.engine.bundle.version)
