@@ -36,7 +36,12 @@ from localrank.bundle.keys import load_private_key
 from localrank.clock import epoch_of
 from localrank.errors import InputError
 from localrank.reports.wire import schema_document
-from localrank.server.aggregate import Aggregator, closed_before, ensure_base_bundle
+from localrank.server.aggregate import (
+    AggregationResult,
+    Aggregator,
+    closed_before,
+    ensure_base_bundle,
+)
 from localrank.server.config import ServerConfig
 from localrank.server.ingest import IngestError, IngestRules, parse_batch
 from localrank.server.metrics import CONTENT_TYPE, Metrics
@@ -102,6 +107,14 @@ class ServerState:
             self._checked = now
             self.metrics.bundle_version.set(opened.version)
         return self._bundle
+
+    def aggregate(self, *, force_publish: bool = False) -> AggregationResult:
+        """One aggregation run; this process serves what it published at once (other workers
+        notice within a second)."""
+        result = self.aggregator.run(force_publish=force_publish)
+        if result.published is not None:
+            self.bundle(fresh=True)
+        return result
 
     def ingest(self, body: bytes) -> dict[str, Any]:
         """Validate and store one batch; the response document."""
@@ -398,7 +411,7 @@ async def _aggregate_periodically(state: ServerState, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            result = await run_in_threadpool(state.aggregator.run)
+            result = await run_in_threadpool(state.aggregate)
             state.metrics.aggregations.labels("ok").inc()
             if result.published is not None:
                 LOG.info(

@@ -1,0 +1,214 @@
+"""The device sync client against the real server on loopback, with faults injected between them
+by a proxy (tests/fault_proxy.py): a dropped connection, a 503, and a lost acknowledgement (the
+server stored the batch, the answer never arrived). On SQLite and PostgreSQL: no report is lost
+and none is doubled.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localrank.clock import FixedClock
+from localrank.engine import Engine
+from localrank.errors import InputError
+from localrank.server.app import create_app
+from localrank.sync import SyncClient, SyncError
+
+pytest.register_assert_rewrite("server_fixtures", "fault_proxy")
+from fault_proxy import FaultProxy  # noqa: E402
+from server_fixtures import PUBLIC_KEY, LiveServer, free_port, server_config  # noqa: E402
+
+pytest_plugins = ["server_fixtures"]
+
+
+def _device(directory: Path, name: str, clock: FixedClock, url: str, **kw: object) -> SyncClient:
+    engine = Engine.open(directory / f"{name}.db", public_key=PUBLIC_KEY, clock=clock)
+    client = SyncClient(engine, url, **kw)  # type: ignore[arg-type]
+    assert client.fetch_bundle().status == "updated"
+    engine.update_settings(quiet_hours=None, reporting=True)
+    return client
+
+
+def _plain_offers(engine: Engine, n: int, skip: int = 0) -> list[str]:
+    cat = engine.bundle.catalog
+    now = engine._clock.now()
+    ok = [
+        cat.ids[i]
+        for i in range(len(cat))
+        if not cat.sensitive[i] and cat.valid_from[i] < now < cat.valid_until[i]
+    ]
+    return ok[skip : skip + n]
+
+
+def _record(client: SyncClient, n: int, skip: int) -> None:
+    engine = client.engine
+    for offer in _plain_offers(engine, n, skip):
+        engine.record("click", context="shopping", offer=offer)
+
+
+def _sent_and_pending(clients: list[SyncClient]) -> tuple[list[str], list[str]]:
+    sent, pending = [], []
+    for c in clients:
+        for r in c.engine.outbox(include_pending=True):
+            (pending if math.isnan(r.sent_at) else sent).append(r.nonce)
+    return sent, pending
+
+
+def test_no_report_lost_or_doubled_through_faults(
+    live: LiveServer, clock: FixedClock, tmp_path: Path
+) -> None:
+    sleeps: list[float] = []
+    with FaultProxy(live.port) as proxy:
+        clients = [
+            _device(tmp_path, f"d{i}", clock, proxy.url, sleep=sleeps.append, retries=8)
+            for i in range(5)
+        ]
+        results = []
+        for day in range(3):
+            for i, c in enumerate(clients):
+                _record(c, 4, skip=7 * i + day)
+            clock.advance(600)
+            # Faults land on different devices' POSTs, several of them in a row for some.
+            proxy.add("drop", "pass", "503", "lost_ack", "drop", "503", "lost_ack", "pass")
+            proxy.add("lost_ack", "lost_ack", "drop")
+            results += [c.flush() for c in clients]
+            clock.advance(86400)
+    applied = [fault for path, fault, _ in proxy.log if path.startswith("POST")]
+    for fault in ("drop", "503", "lost_ack"):
+        assert applied.count(fault) >= 3, applied
+    sent, pending = _sent_and_pending(clients)
+    # Every report left its device and was acknowledged, once.
+    assert pending == []
+    assert len(sent) == len(set(sent)) >= 5 * 3 * 3
+    # The server holds exactly those reports, each once.
+    storage = live.state.storage
+    assert storage.stored_nonces() == set(sent)
+    assert storage.counts()["reports"] == len(sent)
+    # Each lost acknowledgement was retried, and the retry was answered "already stored".
+    lost = sum(1 for path, fault, status in proxy.log if fault == "lost_ack" and status == 200)
+    # The final answer for every batch accounts for each report once: stored by that request,
+    # or already stored by an earlier one whose answer was lost.
+    assert sum(r.stored + r.already_stored for r in results) == len(sent)
+    assert sum(r.already_stored for r in results) >= lost >= 3
+    assert all(s >= 0 for s in sleeps) and len(sleeps) >= applied.count("drop")
+
+
+def test_bundle_fetch_uses_the_etag_and_loads_new_versions(
+    live: LiveServer, clock: FixedClock, tmp_path: Path
+) -> None:
+    with FaultProxy(live.port, targets=()) as proxy:
+        client = _device(tmp_path, "d", clock, proxy.url)
+        assert client.engine.bundle.version == 1
+        again = client.fetch_bundle()
+        assert again.status == "not_modified" and again.version == 1
+        assert [s for p, _, s in proxy.log if p.startswith("GET /v1/bundle")] == [200, 304]
+        published = live.state.aggregate(force_publish=True).published
+        assert published == 2
+        new = client.fetch_bundle()
+        assert (new.status, new.version) == ("updated", 2)
+        assert client.engine.bundle.digest == live.state.bundle(fresh=True)[0].digest
+        assert client.fetch_bundle().status == "not_modified"
+
+
+def test_a_refused_batch_raises_and_stays_queued(
+    live: LiveServer, clock: FixedClock, tmp_path: Path
+) -> None:
+    # The device's clock runs three days ahead of the server's: its epoch is outside the window.
+    device_clock = FixedClock(clock.now() + 3 * 86400)
+    client = _device(tmp_path, "ahead", device_clock, live.url)
+    _record(client, 2, 0)
+    device_clock.advance(60)
+    with pytest.raises(SyncError) as err:
+        client.flush()
+    assert err.value.status == 422
+    assert "epoch" in str(err.value)
+    sent, pending = _sent_and_pending([client])
+    assert sent == [] and len(pending) == 3  # census + 2 engagement, still queued
+    assert live.state.storage.counts()["nonces"] == 0
+    # Once the server's clock catches up, the same reports go through.
+    clock.set(device_clock.now())
+    assert client.flush().stored == 3
+    assert _sent_and_pending([client])[1] == []
+
+
+def test_gives_up_after_the_retries_then_delivers_when_the_server_is_back(
+    db_url: str, clock: FixedClock, tmp_path: Path
+) -> None:
+    app = create_app(server_config(db_url, clock))
+    with LiveServer(app) as server:
+        client = _device(tmp_path, "d", clock, server.url)
+    sleeps: list[float] = []
+    port = free_port()  # nothing listens here
+    client = SyncClient(
+        client.engine, f"http://127.0.0.1:{port}", retries=4, backoff=0.5, sleep=sleeps.append,
+        rng=random.Random(7),
+    )  # fmt: skip
+    _record(client, 3, 0)
+    clock.advance(60)
+    with pytest.raises(SyncError, match="gave up after 5 attempts"):
+        client.flush()
+    # Exponential back-off with full jitter: the i-th wait is at most 0.5·2^i.
+    assert len(sleeps) == 4
+    assert all(0 <= s <= 0.5 * 2**i for i, s in enumerate(sleeps))
+    assert _sent_and_pending([client])[0] == []
+    app = create_app(server_config(db_url, clock))
+    with LiveServer(app) as server:
+        client.base_url = server.url
+        assert client.flush().stored == 4
+        assert server.state.storage.counts()["reports"] == 4
+
+
+def test_a_real_503_is_retried_after_retry_after(
+    db_url: str, clock: FixedClock, tmp_path: Path
+) -> None:
+    from test_server import _hold_lock
+
+    app = create_app(server_config(db_url, clock, busy_timeout_ms=200, retry_after=2))
+    with LiveServer(app) as server:
+        locked, release = threading.Event(), threading.Event()
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            release.set()  # the database comes back while the client waits
+
+        client = _device(tmp_path, "d", clock, server.url, sleep=sleep)
+        _record(client, 2, 0)
+        clock.advance(60)
+        holder = threading.Thread(target=_hold_lock, args=(db_url, locked, release))
+        holder.start()
+        assert locked.wait(10)
+        try:
+            result = client.flush()
+        finally:
+            release.set()
+            holder.join()
+        assert result.stored == 3 and result.attempts == 2
+        assert sleeps and sleeps[0] >= 2.0  # Retry-After honoured
+        assert server.state.storage.counts()["reports"] == 3
+
+
+def test_sync_client_validates_its_arguments(
+    live: LiveServer, clock: FixedClock, tmp_path: Path
+) -> None:
+    engine = Engine.open(tmp_path / "x.db", public_key=PUBLIC_KEY, clock=clock)
+    with pytest.raises(InputError, match=r"^engine:"):
+        SyncClient(object(), live.url)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^base_url:"):
+        SyncClient(engine, "ftp://x")
+    with pytest.raises(InputError, match=r"^retries:"):
+        SyncClient(engine, live.url, retries=-1)
+    with pytest.raises(InputError, match=r"^backoff:"):
+        SyncClient(engine, live.url, backoff=float("nan"))
+    with pytest.raises(InputError, match=r"^max_batches:"):
+        SyncClient(engine, live.url, max_batches=0)
+    # A device with no bundle yet fetches unconditionally.
+    with SyncClient(engine, live.url) as client:
+        assert client.fetch_bundle().status == "updated"
+    assert httpx.get(live.url + "/healthz").status_code == 200
