@@ -93,7 +93,28 @@ class LiveServer:
 
 def server_config(db: str, clock: FixedClock, **kw: Any) -> ServerConfig:
     kw.setdefault("aggregate_every", None)
-    return ServerConfig(db=db, key=KEY, base_bundle=BASE_BUNDLE, clock=clock, **kw)
+    kw.setdefault("base_bundle", BASE_BUNDLE)
+    return ServerConfig(db=db, key=KEY, clock=clock, **kw)
+
+
+def base_bundle(path: Path, **config: Any) -> Path:
+    """The demo catalog under config overrides, signed with the demo key, written to ``path``."""
+    from dataclasses import replace
+
+    from localrank.bundle import build_bundle
+    from localrank.catalog import Catalog
+    from localrank.demo_catalog import DEMO_CREATED, DEMO_EXPIRES, DEMO_TAXONOMY, demo_offers
+    from localrank.demo_catalog import demo_config as demo_cfg
+
+    cfg = replace(demo_cfg(), **config)
+    catalog = Catalog.from_offers(demo_offers(), DEMO_TAXONOMY, cfg.contexts, d=cfg.d)
+    path.write_bytes(
+        build_bundle(
+            catalog=catalog, taxonomy=DEMO_TAXONOMY, config=cfg, version=1,
+            created=DEMO_CREATED, expires=DEMO_EXPIRES, signing_key=KEY.read_bytes(),
+        )
+    )  # fmt: skip
+    return path
 
 
 @pytest.fixture

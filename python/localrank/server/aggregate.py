@@ -204,7 +204,8 @@ class Aggregator:
             prior_strength=s.prior_strength,
         )
         base_bias = bundle.extras.get("extra_base_bias", catalog.bias).astype(np.float32)
-        pop = np.clip(eng.popularity, 0, None)
+        # The lower end of the 95% interval: pure noise rarely clears it.
+        pop = np.clip(eng.popularity - 1.96 * np.sqrt(eng.popularity_variance), 0, None)
         bias = base_bias.copy()
         if pop.max(initial=0.0) > 0:
             bias += (s.popularity_weight * np.log1p(pop) / np.log1p(pop.max())).astype(np.float32)

@@ -14,7 +14,8 @@
   plus ``(|A|·q)²·Var(Z)/(p − q)²`` for the noise in ``ñ``. A segment is published only when
   the lower end of its 95% interval is at least ``min_population`` *and* its parent is
   published; otherwise it is folded into its parent (its devices' active segment is an
-  ancestor). The root is always published.
+  ancestor). The root is always published; its population is the noised number of census
+  reports, which every device sends into the root's subtree.
 - **Engagement** estimates per offer × event × tracked segment: LDP supports debiased with the
   chained ``(p*, q*)`` of each report configuration, or central counts (already noised). They
   are weighted by :data:`EVENT_WEIGHTS` into one positive-engagement score.
@@ -23,7 +24,9 @@
   the parent's prior with ``prior_strength`` pseudo-counts; the root is smoothed towards the
   uniform distribution over non-sensitive categories. Sensitive categories are never reported,
   so their prior is 0. A segment that is not published inherits its parent's prior.
-- **Popularity**: per offer, the weighted total of its (noised) report counts.
+- **Popularity**: per offer, the weighted total of its (noised) report counts, with the
+  variance of that noise; the bias is built from the lower end of its 95% interval, so an
+  offer nobody engaged with does not look popular by the luck of its noise.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def populations(
         assert eps is not None
         p, q = effective_probabilities(oracle, d, eps, perm)
         n = max(c.n, 0)
-        reports += n
+        reports += c.n
         single = (c.support - n * q) / (p - q)
         sub = _subtree_sum(single, parents, order)
         est += sub
@@ -121,6 +124,10 @@ def populations(
             q_a = size * q
             var += (c_a * p_a * (1 - p_a) + (n - c_a) * q_a * (1 - q_a)) / (p - q) ** 2
         var += (size * q) ** 2 * noise_var / (p - q) ** 2
+    # Every census report is in the root's subtree, so its population is the (noised) number
+    # of reports itself: far sharper than the sum of d_seg estimates.
+    est[ROOT] = float(reports)
+    var[ROOT] = len(census) * noise_var
     lower = est - _Z95 * np.sqrt(var)
     published = np.full(d, UNKNOWN_POPULATION, dtype=np.int64)
     published[ROOT] = max(0, round(est[ROOT])) if census else UNKNOWN_POPULATION
@@ -137,7 +144,8 @@ class Engagement:
     tracked: np.ndarray  # int64[T]
     scores: np.ndarray  # float64[offers, T]
     variance: np.ndarray  # float64[offers, T]
-    popularity: np.ndarray  # float64[offers]
+    popularity: np.ndarray  # float64[offers]: unbiased weighted totals
+    popularity_variance: np.ndarray  # float64[offers]
     reports: int
 
 
@@ -158,6 +166,7 @@ def engagement(
     scores = np.zeros((len(offers), tracked.size))
     variance = np.zeros_like(scores)
     popularity = np.zeros(len(offers))
+    popularity_var = np.zeros(len(offers))
     reports = 0
     noise_var = discrete_laplace_variance(central_epsilon, report_limit)
     for s in sums:
@@ -185,7 +194,10 @@ def engagement(
         scores[np.ix_(target, cols)] += np.einsum("oet,e->ot", est, w)
         variance[np.ix_(target, cols)] += np.einsum("oet,e->ot", var, w**2)
         popularity[target] += totals @ w
-    return Engagement(tracked, scores, variance, popularity, reports)
+        # Totals are noised counts (ldp: ñ per offer and event; central: a sum over T cells).
+        cells = 1 if mode != "central" else s.segments.size
+        popularity_var[target] += cells * noise_var * float(np.sum(w**2))
+    return Engagement(tracked, scores, variance, popularity, popularity_var, reports)
 
 
 def category_priors(
