@@ -305,6 +305,17 @@ def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastA
     @app.get(
         "/v1/bundle",
         summary="The latest signed bundle (ETag: its SHA-256)",
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "description": "ETags the device holds; a match is answered 304",
+                    "schema": {"type": "string"},
+                }
+            ]
+        },
         responses={
             200: {"description": "The bundle", "content": {"application/octet-stream": {}}},
             304: {"description": "Not modified (If-None-Match matched)"},
