@@ -54,6 +54,19 @@ bench: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops
 	$(PY) benches/compare.py
 	$(PY) benches/recommend.py
+	$(MAKE) bench-server
+
+# The server's bounded load tests on loopback (benches/server_load.py, docs/scale-out.md):
+# 20 s each, SQLite with one worker and PostgreSQL with two, then both again with a SIGKILL of
+# the server halfway. Each fails unless every acknowledged report is stored, and only those.
+SERVER_LOAD_S ?= 20
+.PHONY: bench-server
+bench-server: build postgres
+	LOCALRANK_TEST_PG_URL="$${LOCALRANK_TEST_PG_URL:-$$(cat $(PG_DIR)/url)}" sh -c '\
+	$(PY) benches/server_load.py --db sqlite --seconds $(SERVER_LOAD_S) --json benches/results/server-sqlite.json && \
+	$(PY) benches/server_load.py --db postgresql --workers 2 --seconds $(SERVER_LOAD_S) --json benches/results/server-pg2.json && \
+	$(PY) benches/server_load.py --db sqlite --seconds $(SERVER_LOAD_S) --kill --json benches/results/server-sqlite-kill.json && \
+	$(PY) benches/server_load.py --db postgresql --workers 2 --seconds $(SERVER_LOAD_S) --kill --json benches/results/server-pg2-kill.json'
 
 clean:
 	rm -rf $(VENV) target python/localrank/*.so
