@@ -350,3 +350,59 @@ def test_no_client_address_is_logged_or_stored(
                 )
             }
     assert cols == {"nonce", "epoch", "kind", "config", "segment", "bits", "offer", "event"}
+
+
+def test_the_fast_validator_agrees_with_the_reference(clock: FixedClock) -> None:
+    from localrank.errors import InputError
+    from localrank.reports.wire import validate_batch
+    from localrank.server.ingest import _fast_validator
+
+    docs: list[Any] = [{"schema": "localrank.batch/1", "reports": _batch(clock, 4)}]
+    for _, body, _, _ in _bad_bodies(clock):
+        try:
+            docs.append(json.loads(body))
+        except ValueError:
+            continue
+    central = dict(_batch(clock, 1)[0])
+    central.pop("bits")
+    docs.append(
+        {
+            "schema": "localrank.batch/1",
+            "reports": [
+                central
+                | {
+                    "mode": "central",
+                    "oracle": "none",
+                    "epsilon": None,
+                    "epsilon_perm": None,
+                    "segment": 3,
+                }
+            ],
+        }
+    )
+    docs.append(
+        {
+            "schema": "localrank.batch/1",
+            "reports": [
+                central
+                | {
+                    "mode": "central",
+                    "oracle": "none",
+                    "epsilon": 2.0,
+                    "epsilon_perm": None,
+                    "segment": 3,
+                }
+            ],
+        }
+    )
+    docs.append({"schema": "localrank.batch/1", "reports": []})
+    verdicts = set()
+    for doc in docs:
+        try:
+            validate_batch(doc)
+            reference = True
+        except InputError:
+            reference = False
+        assert _fast_validator().is_valid(doc) == reference, doc
+        verdicts.add(reference)
+    assert verdicts == {True, False}
