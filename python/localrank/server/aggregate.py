@@ -9,8 +9,9 @@ One run, under the server's (injectable) clock:
    transaction that also marks the epoch folded; ingest refuses a folded epoch in its own
    transaction, so no report is stored that would never be counted.
 2. **Purge.** Raw reports of folded epochs older than ``raw_retention_epochs`` (default 0:
-   deleted in the fold itself) and nonces older than ``nonce_retention_epochs`` (default 7,
-   far beyond the retry window) are deleted.
+   deleted in the fold itself), nonces older than ``nonce_retention_epochs`` (default 7, far
+   beyond the retry window), partial sums older than every window a publish reads, and all but
+   the latest ``keep_bundles`` (10) bundles are deleted.
 3. **Publish**, when something was folded or the current bundle is past half its lifetime:
    populations from the last ``census_window`` folded epochs, engagement, priors, popularity
    and learned embeddings from the last ``window_epochs`` (:mod:`localrank.server.estimate`,
@@ -55,16 +56,24 @@ class AggregationSettings:
     raw_retention_epochs: int = 0
     nonce_retention_epochs: int = NONCE_RETENTION_EPOCHS
     bundle_ttl_days: float = 7.0
+    keep_bundles: int = 10
     prior_strength: float = 50.0
     popularity_weight: float = 0.2
     embedding_max_weight: float = 0.5
     embedding_confidence: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("window_epochs", "raw_retention_epochs", "nonce_retention_epochs"):
+        for name in (
+            "window_epochs",
+            "raw_retention_epochs",
+            "nonce_retention_epochs",
+            "keep_bundles",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InputError(f"{name}: expected an integer ≥ 0, got {v!r}")
+        if self.keep_bundles < 1:
+            raise InputError(f"keep_bundles: expected ≥ 1, got {self.keep_bundles}")
         if self.window_epochs < 1:
             raise InputError(f"window_epochs: expected ≥ 1, got {self.window_epochs}")
         if self.nonce_retention_epochs < 2:
@@ -152,16 +161,20 @@ class Aggregator:
             )
             if self.storage.fold(epoch, sums, t, delete_raw=s.raw_retention_epochs == 0):
                 folded.append(epoch)
-        current = epoch_of(t)
-        purged = self.storage.purge(
-            raw_before=current - s.raw_retention_epochs,
-            nonces_before=current - s.nonce_retention_epochs,
-        )
-        result = AggregationResult(folded, purged[0], purged[1])
+        result = AggregationResult(folded)
         half_life = (bundle.expires - bundle.created) / 2
         if folded or force_publish or t >= bundle.created + half_life:
             result = self._publish(bundle, t, closed, result)
-        return result
+        current = epoch_of(t)
+        census_window = s.census_window or cfg.census_interval_days
+        purged = self.storage.purge(
+            raw_before=current - s.raw_retention_epochs,
+            nonces_before=current - s.nonce_retention_epochs,
+            # Sums older than every window a publish reads are never read again.
+            sums_before=closed - 1 - max(s.window_epochs, census_window) - 2,
+            keep_bundles=s.keep_bundles,
+        )
+        return replace(result, purged_reports=purged[0], purged_nonces=purged[1])
 
     def _publish(
         self, bundle: Bundle, t: float, closed: int, result: AggregationResult

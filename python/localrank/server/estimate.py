@@ -70,7 +70,7 @@ class Populations:
     @property
     def lower(self) -> np.ndarray:
         """The lower end of each 95% interval."""
-        out: np.ndarray = self.estimate - _Z95 * np.sqrt(self.variance)
+        out: np.ndarray = np.asarray(self.estimate - _Z95 * np.sqrt(self.variance))
         return out
 
 
@@ -84,7 +84,7 @@ def _children_order(parents: np.ndarray) -> np.ndarray:
 
 
 def _subtree_sum(values: np.ndarray, parents: np.ndarray, order: np.ndarray) -> np.ndarray:
-    acc = values.astype(np.float64).copy()
+    acc: np.ndarray = np.array(values, dtype=np.float64)
     for s in order:
         if s != ROOT:
             acc[parents[s]] += acc[s]

@@ -185,9 +185,12 @@ class Storage(abc.ABC):
         """Every partial sum of folded epochs in ``[first_epoch, last_epoch]``."""
 
     @abc.abstractmethod
-    def purge(self, raw_before: int, nonces_before: int) -> tuple[int, int]:
-        """Delete raw reports of folded epochs below ``raw_before`` and nonces of epochs below
-        ``nonces_before``; return how many of each."""
+    def purge(
+        self, raw_before: int, nonces_before: int, sums_before: int, keep_bundles: int
+    ) -> tuple[int, int]:
+        """Delete raw reports of folded epochs below ``raw_before``, nonces of epochs below
+        ``nonces_before``, partial sums of epochs below ``sums_before`` and all but the latest
+        ``keep_bundles`` bundles; return how many raw reports and nonces went."""
 
     # -- bundles --------------------------------------------------------------------------------
 
@@ -361,7 +364,9 @@ class SqlStorage(Storage):
             SumRow(int(e), str(c), str(k), str(p), int(n), bytes(d)) for e, c, k, p, n, d in rows
         ]
 
-    def purge(self, raw_before: int, nonces_before: int) -> tuple[int, int]:
+    def purge(
+        self, raw_before: int, nonces_before: int, sums_before: int, keep_bundles: int
+    ) -> tuple[int, int]:
         with self.transaction() as tx:
             raw = tx.execute(
                 "DELETE FROM reports WHERE epoch < ? AND epoch IN (SELECT epoch FROM folded) "
@@ -369,6 +374,12 @@ class SqlStorage(Storage):
                 (raw_before,),
             )
             nonces = tx.execute("DELETE FROM nonces WHERE epoch < ? RETURNING 1", (nonces_before,))
+            tx.execute("DELETE FROM sums WHERE epoch < ?", (sums_before,))
+            tx.execute(
+                "DELETE FROM bundles WHERE version NOT IN "
+                "(SELECT version FROM bundles ORDER BY version DESC LIMIT ?)",
+                (max(1, keep_bundles),),
+            )
         return len(raw), len(nonces)
 
     def latest_bundle(self) -> BundleRow | None:
