@@ -386,3 +386,25 @@ def test_retention_purges_old_sums_and_bundles(db_url: str, clock: FixedClock) -
         # only the latest two are kept.
         assert httpx.get(server.url + "/v1/bundle").headers["x-bundle-version"] == "7"
         assert storage.counts()["bundles"] == 2
+
+
+def test_in_process_use_without_http(tmp_path: Path, clock: FixedClock) -> None:
+    """The path docs/server.md gives the evaluation: ServerState without a socket."""
+    from localrank.server.app import ServerState
+    from localrank.server.ingest import IngestError
+    from localrank.server.storage import open_storage
+
+    config = server_config(f"sqlite:///{tmp_path / 'eval.db'}", clock)
+    state = ServerState(config, open_storage(config.db))
+    e0 = epoch_of(clock.now())
+    reports = device_reports(np.arange(20), epoch=e0)
+    assert state.ingest(batch_body(reports))["stored"] == 20
+    assert state.ingest(batch_body(reports))["already_stored"] == 20
+    with pytest.raises(IngestError) as refused:
+        state.ingest(b"{")
+    assert refused.value.status == 400
+    clock.set((e0 + 2) * 86400 + 2 * 3600)
+    result = state.aggregate()
+    assert result.folded == [e0] and result.published == 2
+    assert open_bundle(state.bundle()[1], PUBLIC_KEY, now=clock.now()).version == 2
+    state.storage.close()
