@@ -465,30 +465,52 @@ class Engine:
         t = self._now(now)
         return self._segment(t)
 
-    def _segment(self, t: float) -> SegmentInfo:
+    def _segment(self, t: float, context: str | None = None) -> SegmentInfo:
+        """The segment the ``segments`` row allows (the one that may leave the device) or,
+        with ``context``, the one that may rank offers there: built only from signals both
+        rows allow, the region only where the context may use location (visits) or
+        demographics (the attribute). A game never ranks by a navigation app's visits."""
         b = self.bundle
         row = self.policy.allowed(SEGMENTS_ROW)
-        view = self._sync_profile(t).view(row - {"region"})
+        signals = row - {"region"}
+        sources = {"location", "demographics"}
+        if context is not None:
+            allowed = self.policy.allowed(context)
+            signals &= allowed
+            sources &= allowed
+        view = self._sync_profile(t).view(signals)
         top = [b.taxonomy.names[c] for c in view.interests[:2]]
-        region = self._region(t) if "region" in row else None
+        region = self._region(t, sources) if "region" in row else None
         finest = b.segments.finest(top, region)
         active = b.segments.active(finest, b.config.min_population)
         return SegmentInfo(finest, active, b.segments.paths[finest], b.segments.paths[active])
 
-    def _region(self, t: float) -> str | None:
+    def _region(self, t: float, sources: set[str]) -> str | None:
+        """The user-set region, else the region of most visits. Like interests, visits count
+        only once matured (the cool-down), with enough of them (the evidence threshold), and
+        never when they touch a sensitive category."""
         regions = self.bundle.config.regions
-        attr = self.attributes().get("region")
+        attr = self.attributes().get("region") if "demographics" in sources else None
         if attr in regions:
             return attr
+        if "location" not in sources:
+            return None
+        rules = self.tuning.rules
+        tax = self.bundle.taxonomy
         rows = self._store.query(
-            "SELECT lat, lon FROM events WHERE kind = 'visit' AND t > ? AND lat IS NOT NULL",
-            (t - RETENTION_S,),
+            "SELECT e.lat, e.lon, (SELECT group_concat(category, char(31)) "
+            "FROM event_categories WHERE event_id = e.id) FROM events e "
+            "WHERE e.kind = 'visit' AND e.t > ? AND e.t <= ? AND e.lat IS NOT NULL",
+            (t - RETENTION_S, t - rules.cooldown_s),
         )
         counts: dict[str, int] = {}
-        for lat, lon in rows:
+        for lat, lon, cats in rows:
+            if any(c in tax and tax.is_sensitive(c) for c in (cats or "").split("\x1f") if c):
+                continue
             r = region_of((lat, lon))
             if r in regions:
                 counts[r] = counts.get(r, 0) + 1
+        counts = {r: n for r, n in counts.items() if n >= rules.min_evidence}
         return max(sorted(counts), key=lambda r: counts[r]) if counts else None
 
     # -- ranking -------------------------------------------------------------------------------
@@ -525,7 +547,7 @@ class Engine:
         b = self.bundle
         level = s.level
         view = self._view(context, t)
-        seg = self._segment(t)
+        seg = self._segment(t, context)
         C = len(b.taxonomy)
         opt = np.zeros(C, dtype=np.float32)
         for c in s.sensitive_opt_ins:
