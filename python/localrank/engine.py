@@ -58,6 +58,9 @@ RETENTION_S = 90 * 86400
 #: An event may be at most this far ahead of the engine's clock (clock skew between an app and
 #: the engine), never more.
 FUTURE_SKEW_S = 300
+#: The largest event strength: a weight relative to the default 1, never enough to swamp (or
+#: overflow) the profile.
+MAX_STRENGTH = 100.0
 OFFER_EVENTS = ("impression", "click", "purchase", "dismiss")
 ATTRIBUTES = ("age_band", "occupation", "region")
 
@@ -167,6 +170,11 @@ class Engine:
             clock: where time comes from when a call passes no ``now`` (default: wall clock).
             tuning: the engine's knobs.
         """
+        if clock is not None and not isinstance(clock, Clock):
+            raise InputError(f"clock: expected an object with now(), got {clock!r}")
+        if tuning is not None and not isinstance(tuning, Tuning):
+            raise InputError(f"tuning: expected a Tuning, got {tuning!r}")
+        public_key = load_public_key(public_key)
         engine = cls(Store(path), public_key, clock or SystemClock(), tuning or Tuning())
         if bundle is not None:
             engine.load_bundle(bundle)
@@ -200,7 +208,7 @@ class Engine:
             data = bytes(source)
         else:
             raise InputError(f"source: expected bytes or a path, got {type(source).__name__}")
-        t = resolve_now(now, self._clock)
+        t = self._now(now)
         current = self._bundle.version if self._bundle else None
         bundle = open_bundle(data, self._public_key, now=t, current_version=current)
         if self._bundle is not None and bundle.digest == self._bundle.digest:
@@ -258,8 +266,8 @@ class Engine:
         if "context_overrides" in changes:
             Policy.validate_overrides(new.context_overrides, self.bundle.config.contexts)
         for c in new.sensitive_opt_ins:
-            if not self.bundle.taxonomy.is_sensitive(c):
-                tax = self.bundle.taxonomy
+            tax = self.bundle.taxonomy
+            if c not in tax or not tax.is_sensitive(c):
                 options = [x for x in tax.names if tax.is_sensitive(x)]
                 raise InputError(
                     f"sensitive_opt_ins: {c!r} is not a sensitive category; "
@@ -314,7 +322,7 @@ class Engine:
             category: a taxonomy category, for events not about an offer (a view, an app use).
             location: ``(lat, lon)``, passed only when the OS granted it; stored rounded to
                 about 1 km. Required for ``visit``.
-            strength: a non-negative weight (default 1).
+            strength: a weight in [0, 100] (default 1).
             now: the event's time (default: the engine's clock); never in the future.
         """
         if kind not in EVENT_KINDS:
@@ -348,9 +356,11 @@ class Engine:
             not isinstance(strength, (int, float))
             or isinstance(strength, bool)
             or not math.isfinite(strength)
-            or strength < 0
+            or not 0 <= strength <= MAX_STRENGTH
         ):
-            raise InputError(f"strength: expected a finite number ≥ 0, got {strength!r}")
+            raise InputError(
+                f"strength: expected a number in [0, {MAX_STRENGTH:g}], got {strength!r}"
+            )
         with self._store.transaction() as db:
             cur = db.execute(
                 "INSERT INTO events (kind, context, offer, category, lat, lon, strength, t) "
@@ -693,9 +703,14 @@ class Engine:
     # -- transparency and control -------------------------------------------------------------
 
     def events(self, *, limit: int | None = None) -> list[EventRecord]:
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise InputError(f"limit: expected None or an integer ≥ 0, got {limit!r}")
         rows = self._store.query(
             "SELECT id, kind, context, offer, category, t, strength FROM events ORDER BY id"
-            + (f" LIMIT {int(limit)}" if limit else "")
+            + (" LIMIT ?" if limit is not None else ""),
+            (limit,) if limit is not None else (),
         )
         return [EventRecord(*r) for r in rows]
 
@@ -759,17 +774,30 @@ class Engine:
         responses, the privacy ledger). ``everything=True`` wipes all of it, settings included,
         and starts the silent period during which nothing is sent.
         """
+        if not isinstance(everything, bool):
+            raise InputError(f"everything: expected True or False, got {everything!r}")
         if everything == (event_ids is not None):
             raise InputError("event_ids: pass either event ids or everything=True, not both")
+        ids: list[int] = []
+        if event_ids is not None:
+            if isinstance(event_ids, (str, bytes)) or not isinstance(
+                event_ids, (Sequence, set, frozenset)
+            ):
+                raise InputError(f"event_ids: expected a list of event ids, got {event_ids!r}")
+            for i in event_ids:
+                if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+                    raise InputError(f"event_ids: expected integer event ids, got {i!r}")
+                ids.append(int(i))
         t = self._now(now)
         with self._store.transaction() as db:
             if everything:
                 n = db.execute("DELETE FROM events").rowcount
-                for tbl in ("attributes", "snoozes", "settings"):
+                for tbl in ("attributes", "snoozes"):
                     db.execute(f"DELETE FROM {tbl}")
+                # the generation survives, so that other processes see the wipe
+                db.execute("DELETE FROM settings WHERE key != 'generation'")
                 self._forget_reports(db, t)
             else:
-                ids = [int(i) for i in event_ids or ()]
                 n = 0
                 for i in ids:
                     n += db.execute("DELETE FROM events WHERE id = ?", (i,)).rowcount
