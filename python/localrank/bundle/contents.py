@@ -160,6 +160,7 @@ def _zip(files: Mapping[str, bytes]) -> bytes:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.external_attr = 0o644 << 16
+            info.create_system = 3  # Unix everywhere: Windows would otherwise record 0
             zf.writestr(info, files[name])
     return buf.getvalue()
 
