@@ -11,6 +11,7 @@ adjust (:mod:`localrank.guardrails`) → score (the Rust kernel) → top-k + rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from localrank._core import score_topk
 from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import PublicKeyLike, load_public_key
 from localrank.clock import Clock, SystemClock, resolve_now
-from localrank.errors import InputError, LocalrankError
+from localrank.errors import BundleError, InputError, LocalrankError
 from localrank.explain import Reason, sentence
 from localrank.geo import Location, region_of, round_location, validate_location
 from localrank.guardrails import (
@@ -142,11 +143,15 @@ class Engine:
             lambda: self._settings,
             lambda t: (lambda seg: (seg.finest, seg.active))(self._segment(t)),
         )
-        stored = store.query("SELECT data FROM bundle WHERE id = 1")
+        stored = store.query("SELECT data, version FROM bundle WHERE id = 1")
+        self._stored_version: int | None = int(stored[0][1]) if stored else None
         if stored:
             # The stored bundle was verified when installed; verify again (the file may have
             # been tampered with) but allow an expired one to keep serving as the last good.
-            self._install(open_bundle(stored[0][0], self._public_key, now=-math.inf))
+            # One that no longer verifies (a new server key) is not used, but must not lock
+            # the user out of their store: load_bundle() installs a fresh one, no older.
+            with contextlib.suppress(BundleError):
+                self._install(open_bundle(stored[0][0], self._public_key, now=-math.inf))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -209,7 +214,7 @@ class Engine:
         else:
             raise InputError(f"source: expected bytes or a path, got {type(source).__name__}")
         t = self._now(now)
-        current = self._bundle.version if self._bundle else None
+        current = self._bundle.version if self._bundle else self._stored_version
         bundle = open_bundle(data, self._public_key, now=t, current_version=current)
         if self._bundle is not None and bundle.digest == self._bundle.digest:
             return self._bundle
@@ -227,12 +232,11 @@ class Engine:
         previous = self._bundle
         self._bundle = bundle
         self._geometry = OfferGeometry.of(bundle)
-        if (
-            previous is None
-            or previous.config.embedding_version != bundle.config.embedding_version
-            or previous.catalog.ids != bundle.catalog.ids
-        ):
-            self._profile = None  # u is rebuilt from the stored events in the new space
+        if previous is None or previous.digest != bundle.digest:
+            # The profile is built from the bundle: embeddings (a new embedding version), the
+            # offers, and the taxonomy with its sensitive marks. Rebuild it from the stored
+            # events whenever a different bundle is installed.
+            self._profile = None
 
     @property
     def bundle(self) -> Bundle:
@@ -265,7 +269,7 @@ class Engine:
         new = self.settings.with_changes(**changes)
         if "context_overrides" in changes:
             Policy.validate_overrides(new.context_overrides, self.bundle.config.contexts)
-        for c in new.sensitive_opt_ins:
+        for c in new.sensitive_opt_ins if "sensitive_opt_ins" in changes else ():
             tax = self.bundle.taxonomy
             if c not in tax or not tax.is_sensitive(c):
                 options = [x for x in tax.names if tax.is_sensitive(x)]
@@ -561,7 +565,8 @@ class Engine:
         C = len(b.taxonomy)
         opt = np.zeros(C, dtype=np.float32)
         for c in s.sensitive_opt_ins:
-            opt[b.taxonomy.index(c)] = 1.0
+            if c in b.taxonomy:  # an opt-in to a category a newer bundle dropped is moot
+                opt[b.taxonomy.index(c)] = 1.0
         g = Guardrails(
             now=t,
             context_id=ctx,
