@@ -268,7 +268,7 @@ def test_a_writer_killed_mid_write_leaves_a_consistent_store(tmp_path: Path, key
         go.touch()
         printed = []
         deadline = time.monotonic() + 0.15 + 0.05 * round_
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or len(printed) < 10:
             printed.append(int(w.stdout.readline()))
         os.kill(w.pid, signal.SIGKILL)
         w.wait()
@@ -281,7 +281,6 @@ def test_a_writer_killed_mid_write_leaves_a_consistent_store(tmp_path: Path, key
         assert committed <= stored
         assert len(stored - committed) <= 1
         committed = stored
-        assert len(printed) > 5
     # the store reopens and the engine works on it
     again, _ = open_engine(db, keys, None)
     assert len(again.events()) == len(committed)
