@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 import os
 import signal
@@ -657,3 +658,28 @@ def test_events_expire_after_the_retention(tmp_path: Path, keys, plain):
     clock.set(T0 - 2 * HOUR + RETENTION_S + 1)
     engine.recommend("shopping")
     assert engine.events() == []
+
+
+def test_export_shows_what_is_stored_and_places_only_rounded(tmp_path: Path, keys, plain):
+    db = tmp_path / "device.db"
+    engine, _ = open_engine(db, keys, plain)
+    precise = (51.50735, -0.12776)
+    eid = engine.record(
+        "visit", context="navigation", location=precise, category="coffee", now=T0 - HOUR
+    )
+    engine.record("click", context="shopping", offer="o-books-0", strength=2.5, now=T0 - HOUR)
+    engine.set_attributes(age_band="35-44")
+    exported = json.loads(json.dumps(engine.export(), allow_nan=False))
+    visit, click = exported["events"]
+    assert visit["id"] == eid and visit["kind"] == "visit" and visit["category"] == "coffee"
+    assert tuple(visit["location"]) == (51.51, -0.13)  # the user sees where they were stored
+    assert click["offer"] == "o-books-0" and click["strength"] == 2.5
+    assert click["location"] is None
+    assert exported["attributes"] == {"age_band": "35-44"}
+    assert [tuple(e.location or ()) for e in engine.why_interest("coffee")] == [(51.51, -0.13)]
+    # the precise coordinates never reach the disk, the rounded ones do
+    engine.close()
+    files = raw_bytes(db)
+    for v in precise:
+        assert where(struct.pack(">d", v), files) == []
+    assert where(struct.pack(">d", 51.51), files)

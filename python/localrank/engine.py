@@ -118,6 +118,13 @@ class EventRecord:
     category: str | None
     t: float
     strength: float
+    location: tuple[float, float] | None = None  # as stored: rounded to 0.01°
+
+    @classmethod
+    def _of(cls, row: Sequence[Any]) -> EventRecord:
+        """From ``id, kind, context, offer, category, t, strength, lat, lon``."""
+        lat, lon = row[7], row[8]
+        return cls(*row[:7], location=(lat, lon) if lat is not None else None)
 
 
 class Engine:
@@ -713,23 +720,23 @@ class Engine:
         ):
             raise InputError(f"limit: expected None or an integer ≥ 0, got {limit!r}")
         rows = self._store.query(
-            "SELECT id, kind, context, offer, category, t, strength FROM events ORDER BY id"
-            + (" LIMIT ?" if limit is not None else ""),
+            "SELECT id, kind, context, offer, category, t, strength, lat, lon FROM events "
+            "ORDER BY id" + (" LIMIT ?" if limit is not None else ""),
             (limit,) if limit is not None else (),
         )
-        return [EventRecord(*r) for r in rows]
+        return [EventRecord._of(r) for r in rows]
 
     def why_interest(self, category: str, *, now: float | None = None) -> list[EventRecord]:
         """The stored events behind an interest in ``category`` (newest first)."""
         self.bundle.taxonomy.index(category)
         t = self._now(now)
         rows = self._store.query(
-            "SELECT e.id, e.kind, e.context, e.offer, e.category, e.t, e.strength "
+            "SELECT e.id, e.kind, e.context, e.offer, e.category, e.t, e.strength, e.lat, e.lon "
             "FROM events e JOIN event_categories ec ON ec.event_id = e.id "
             "WHERE ec.category = ? AND e.t <= ? ORDER BY e.t DESC, e.id DESC",
             (category, t),
         )
-        return [EventRecord(*r) for r in rows if EVENT_SIGNAL.get(r[1]) is not None]
+        return [EventRecord._of(r) for r in rows if EVENT_SIGNAL.get(r[1]) is not None]
 
     def interests(self, context: str, *, now: float | None = None) -> list[tuple[str, float]]:
         """The interests ``context`` may use, strongest first, as (category, weight)."""
