@@ -186,6 +186,7 @@ def build_bundle(
         raise InputError(f"expires: expected a time after created ({created}), got {expires}")
     if catalog.d != config.d:
         raise InputError(f"catalog: embeddings have d = {catalog.d}, config says {config.d}")
+    catalog.check_categories(len(taxonomy))
     segments = build_segments(taxonomy, config.regions, config.segment_depth)
     if populations is not None:
         segments = segments.with_populations(populations)
@@ -274,6 +275,9 @@ def open_bundle(
             raise BundleFormatError("bundle: segment table differs from the deterministic builder")
         segments = segments.with_populations(arrays["segment_populations"])
         priors = np.ascontiguousarray(arrays["priors"], dtype=np.float32)
+        catalog.check_categories(len(taxonomy))
+        if not np.all(np.isfinite(priors)):
+            raise InputError("priors: expected finite values")
     except InputError as e:
         raise BundleFormatError(f"bundle: invalid contents: {e}") from e
     except KeyError as e:
