@@ -9,7 +9,10 @@ import json
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +32,7 @@ from engine_fixtures import (
 )
 from localrank.bundle import build_bundle, open_bundle
 from localrank.bundle.container import _HEADER, seal
+from localrank.bundle.keys import load_private_key
 from localrank.clock import FixedClock
 from localrank.demo_catalog import write_models
 from localrank.engine import Engine
@@ -40,6 +44,7 @@ from localrank.errors import (
     BundleSignatureError,
     BundleTruncatedError,
     BundleUnsignedError,
+    InputError,
 )
 from localrank.taxonomy import Category, Taxonomy
 
@@ -60,24 +65,42 @@ def payload_end(data: bytes) -> int:
     return _HEADER.size + _HEADER.unpack_from(data)[3]
 
 
-def resigned(data: bytes, keys: Keys, *, format_version: int = 1, manifest_edit=None) -> bytes:
-    """The payload of ``data`` sealed again with ``keys`` (a validly signed variant)."""
+def resigned(
+    data: bytes,
+    keys: Keys,
+    *,
+    format_version: int = 1,
+    manifest_edit: Callable[[dict[str, Any]], None] | None = None,
+    arrays_edit: Callable[[dict[str, np.ndarray]], None] | None = None,
+) -> bytes:
+    """The payload of ``data``, optionally edited, sealed again with ``keys``: a validly
+    signed bundle, as a buggy (or older) server could publish it."""
     payload = data[_HEADER.size : payload_end(data)]
-    if manifest_edit is not None:
+    if manifest_edit is not None or arrays_edit is not None:
         src = zipfile.ZipFile(io.BytesIO(payload))
+        files = {info.filename: src.read(info.filename) for info in src.infolist()}
+        manifest = json.loads(files["manifest.json"])
+        if manifest_edit is not None:
+            manifest_edit(manifest)
+        if arrays_edit is not None:
+            arrays = {
+                name: np.load(io.BytesIO(files[f"{name}.npy"]), allow_pickle=False)
+                for name in manifest["arrays"]
+            }
+            arrays_edit(arrays)
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.save(buf, arr, allow_pickle=False)
+                files[f"{name}.npy"] = buf.getvalue()
+                manifest["arrays"][name] = {"dtype": arr.dtype.str, "shape": list(arr.shape)}
+        files["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as dst:
-            for info in src.infolist():
-                body = src.read(info.filename)
-                if info.filename == "manifest.json":
-                    manifest = json.loads(body)
-                    manifest_edit(manifest)
-                    body = json.dumps(manifest, sort_keys=True).encode()
-                dst.writestr(info, body)
+            for name in sorted(files):
+                dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), files[name])
         payload = out.getvalue()
-    from localrank.bundle.keys import load_private_key
-
-    return seal(payload, load_private_key(keys.private.read_bytes()), format_version=format_version)
+    key = load_private_key(keys.private.read_bytes())
+    return seal(payload, key, format_version=format_version)
 
 
 def flipped(data: bytes, at: int) -> bytes:
@@ -175,6 +198,71 @@ def test_open_bundle_refuses_without_an_engine(keys, other_keys):
         with pytest.raises(error, match=pattern):
             open_bundle(data, keys.public, now=T0)
         assert issubclass(error, BundleError), name
+
+
+def set_item(name: str, index: Any, value: Any) -> Callable[[dict[str, np.ndarray]], None]:
+    def edit(arrays: dict[str, np.ndarray]) -> None:
+        arr = arrays[name].copy()
+        arr[index] = value
+        arrays[name] = arr
+
+    return edit
+
+
+def replace_array(name: str, value: Any) -> Callable[[dict[str, np.ndarray]], None]:
+    def edit(arrays: dict[str, np.ndarray]) -> None:
+        arrays[name] = np.asarray(value)
+
+    return edit
+
+
+UNUSABLE = [
+    ("a NaN embedding", set_item("offer_embeddings", (3, 2), np.nan)),
+    ("an infinite bias", set_item("offer_bias", 0, np.inf)),
+    ("a NaN bias", set_item("offer_bias", 5, np.nan)),
+    ("a NaN prior", set_item("priors", (0, 1), np.nan)),
+    ("a category outside the taxonomy", set_item("offer_category", 2, 99)),
+    ("a negative category", set_item("offer_cat_indices", 0, -1)),
+    ("duplicate offer ids", set_item("offer_ids", 1, "o-groceries-0")),
+    ("a bias array of the wrong length", replace_array("offer_bias", np.zeros(3, np.float32))),
+    ("a broken category index", replace_array("offer_cat_indptr", np.zeros(4, np.int32))),
+    (
+        "a local offer without a radius",
+        lambda a: set_item(
+            "offer_radius_km", int(np.flatnonzero(a["offer_ids"] == "o-local-cafe")[0]), np.nan
+        )(a),
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "edit"), UNUSABLE, ids=[w for w, _ in UNUSABLE])
+def test_a_signed_but_unusable_bundle_is_refused(tmp_path: Path, keys, what, edit):
+    """A bundle the server signed but the device cannot rank with (a server bug) is refused
+    like any other bad bundle; installing it would break every recommend until the next."""
+    engine, _ = open_engine(tmp_path / "device.db", keys, keys.bundle(version=1))
+    expected = ids(engine.recommend("shopping", k=ALL))
+    good = keys.bundle(version=2)
+    assert resigned(good, keys, arrays_edit=lambda a: None) != good  # control: loads below
+    with pytest.raises(BundleFormatError, match=r"^bundle: "):
+        engine.load_bundle(resigned(good, keys, arrays_edit=edit))
+    assert engine.bundle.version == 1
+    assert ids(engine.recommend("shopping", k=ALL)) == expected
+    assert engine.load_bundle(resigned(good, keys, arrays_edit=lambda a: None)).version == 2
+
+
+def test_building_refuses_what_a_device_would_refuse(keys):
+    bad_offers = [
+        [*offers(), offers()[0]],  # duplicate id
+        [*offers()[:-1], replace(offers()[-1], bias=float("inf"))],
+        [*offers()[:-1], replace(offers()[-1], bias=float("nan"))],
+    ]
+    for offer_list in bad_offers:
+        with pytest.raises(InputError):
+            keys.bundle(offer_list=offer_list)
+    emb = catalog().embeddings.copy()
+    emb[0, 0] = np.inf
+    with pytest.raises(InputError, match="embeddings"):
+        keys.bundle(embeddings=emb)
 
 
 def test_rollback_is_refused_also_after_a_restart(tmp_path: Path, keys):
