@@ -124,7 +124,17 @@ class EventRecord:
     def _of(cls, row: Sequence[Any]) -> EventRecord:
         """From ``id, kind, context, offer, category, t, strength, lat, lon``."""
         lat, lon = row[7], row[8]
-        return cls(*row[:7], location=(lat, lon) if lat is not None else None)
+        eid, kind, context, offer, category, t, strength = row[:7]
+        return cls(
+            eid,
+            kind,
+            context,
+            offer,
+            category,
+            t,
+            strength,
+            location=(lat, lon) if lat is not None else None,
+        )
 
 
 class Engine:
