@@ -27,7 +27,7 @@ from engine_fixtures import ALL, DAY, HOUR, LONDON, T0, Keys, ids, offers, open_
 from localrank.clock import FixedClock
 from localrank.engine import Engine
 from localrank.errors import InputError, StoreError
-from localrank.store import SCHEMA_VERSION
+from localrank.store import MIGRATIONS, SCHEMA_VERSION
 
 CATEGORIES = {o.id: set(o.categories) for o in offers()}
 
@@ -366,13 +366,7 @@ def test_a_truncated_older_store_is_refused_before_any_migration(tmp_path: Path,
     """A damaged store of an older schema must not be migrated (written) before it is found
     to be damaged."""
     db = tmp_path / "device.db"
-    filled_store(db, keys, plain)
-    con = sqlite3.connect(db)
-    for table in ("memos", "ledger", "pending", "outbox"):
-        con.execute(f"DROP TABLE {table}")
-    con.execute("PRAGMA user_version = 1")
-    con.execute("VACUUM")
-    con.close()
+    v1_store(db, 300)
     data = db.read_bytes()
     db.write_bytes(data[: len(data) // 2])
     refused(db, keys, r"store: .*(corrupt|not a usable)")
@@ -401,16 +395,28 @@ def test_another_applications_database_is_refused_untouched(tmp_path: Path, keys
     refused(db, keys, "not a localrank store")
 
 
+def v1_store(db: Path, n: int) -> None:
+    """A store as the first schema version wrote it, with ``n`` click events."""
+    con = sqlite3.connect(db)
+    con.executescript(MIGRATIONS[0])
+    for i in range(n):
+        offer = f"o-books-{i % 4}"
+        eid = con.execute(
+            "INSERT INTO events (kind, context, offer, strength, t) VALUES (?, ?, ?, ?, ?)",
+            ("click", "shopping", offer, 1.0, T0 - 2 * HOUR),
+        ).lastrowid
+        con.execute("INSERT INTO event_categories VALUES (?, ?)", (eid, "books"))
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+
+
 def test_an_old_store_is_migrated(tmp_path: Path, keys, plain):
     db = tmp_path / "device.db"
-    filled_store(db, keys, plain, 10)
-    con = sqlite3.connect(db)
-    for table in ("memos", "ledger", "pending", "outbox"):
-        con.execute(f"DROP TABLE {table}")
-    con.execute("PRAGMA user_version = 1")
-    con.close()
-    engine, _ = open_engine(db, keys, None)
+    v1_store(db, 10)
+    engine, _ = open_engine(db, keys, plain)
     assert len(engine.events()) == 10
+    assert [c for c, _ in engine.interests("shopping")] == ["books"]
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     con.close()
@@ -655,7 +661,8 @@ def test_events_expire_after_the_retention(tmp_path: Path, keys, plain):
     clock.set(T0 - 2 * HOUR + RETENTION_S - 1)
     engine.recommend("shopping")
     assert [e.id for e in engine.events()] == [old]
-    clock.set(T0 - 2 * HOUR + RETENTION_S + 1)
+    # expiry is checked at most once an hour of engine time
+    clock.set(T0 - 2 * HOUR + RETENTION_S + HOUR + 1)
     engine.recommend("shopping")
     assert engine.events() == []
 

@@ -152,13 +152,14 @@ class Engine:
         self._profile: Profile | None = None
         self._profile_now = -math.inf
         self._generation = -1
+        self._last_purge = -math.inf
         self.last_report_stops: list[str] = []
         self._settings = self._read_settings()
         self._reporter = Reporter(
             store,
             lambda: self.bundle,
             lambda: self._settings,
-            lambda t: (lambda seg: (seg.finest, seg.active))(self._segment(t)),
+            lambda t: self._segment_ids(t),
         )
         stored = store.query("SELECT data, version FROM bundle WHERE id = 1")
         self._stored_version: int | None = int(stored[0][1]) if stored else None
@@ -384,8 +385,8 @@ class Engine:
             )
         with self._store.transaction() as db:
             cur = db.execute(
-                "INSERT INTO events (kind, context, offer, category, lat, lon, strength, t) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (kind, context, offer, category, lat, lon, region, strength, "
+                "t) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     kind,
                     context,
@@ -393,6 +394,7 @@ class Engine:
                     category,
                     loc[0] if loc else None,
                     loc[1] if loc else None,
+                    region_of(loc) if loc else None,
                     float(strength),
                     t,
                 ),
@@ -442,9 +444,15 @@ class Engine:
     # -- profile -------------------------------------------------------------------------------
 
     def _purge(self, now: float) -> None:
+        """Delete events past the retention; checked at most once an hour of engine time."""
+        if abs(now - self._last_purge) < 3600:
+            return
+        self._last_purge = now
+        cutoff = now - RETENTION_S
+        if not self._store.query("SELECT 1 FROM events WHERE t < ? LIMIT 1", (cutoff,)):
+            return
         with self._store.transaction() as db:
-            gone = db.execute("DELETE FROM events WHERE t < ?", (now - RETENTION_S,)).rowcount
-            if gone:
+            if db.execute("DELETE FROM events WHERE t < ?", (cutoff,)).rowcount:
                 self._bump_generation(db)
 
     def _bump_generation(self, db: Any) -> None:
@@ -488,15 +496,19 @@ class Engine:
         self._profile_now = now
         return profile
 
+    def _segment_ids(self, t: float) -> tuple[int, int]:
+        seg = self._segment(self._sync_profile(t), t)
+        return seg.finest, seg.active
+
     def _view(self, context: str, now: float) -> ProfileView:
         return self._sync_profile(now).view(self.policy.allowed(context))
 
     def segment(self, *, now: float | None = None) -> SegmentInfo:
         """The device's finest segment and the active one it may use and report."""
         t = self._now(now)
-        return self._segment(t)
+        return self._segment(self._sync_profile(t), t)
 
-    def _segment(self, t: float, context: str | None = None) -> SegmentInfo:
+    def _segment(self, profile: Profile, t: float, context: str | None = None) -> SegmentInfo:
         """The segment the ``segments`` row allows (the one that may leave the device) or,
         with ``context``, the one that may rank offers there: built only from signals both
         rows allow, the region only where the context may use location (visits) or
@@ -509,7 +521,7 @@ class Engine:
             allowed = self.policy.allowed(context)
             signals &= allowed
             sources &= allowed
-        view = self._sync_profile(t).view(signals)
+        view = profile.view(signals)
         top = [b.taxonomy.names[c] for c in view.interests[:2]]
         region = self._region(t, sources) if "region" in row else None
         finest = b.segments.finest(top, region)
@@ -517,9 +529,9 @@ class Engine:
         return SegmentInfo(finest, active, b.segments.paths[finest], b.segments.paths[active])
 
     def _region(self, t: float, sources: set[str]) -> str | None:
-        """The user-set region, else the region of most visits. Like interests, visits count
-        only once matured (the cool-down), with enough of them (the evidence threshold), and
-        never when they touch a sensitive category."""
+        """The region attribute if set, else the bundle region visited most (90 days). Like
+        interests, visits count only once matured (the cool-down) and with enough of them in
+        a region (the evidence threshold), and never when they touch a sensitive category."""
         regions = self.bundle.config.regions
         attr = self.attributes().get("region") if "demographics" in sources else None
         if attr in regions:
@@ -528,41 +540,40 @@ class Engine:
             return None
         rules = self.tuning.rules
         tax = self.bundle.taxonomy
+        sensitive = [c for c in tax.names if tax.is_sensitive(c)]
+        marks = ", ".join("?" * len(sensitive))
         rows = self._store.query(
-            "SELECT e.lat, e.lon, (SELECT group_concat(category, char(31)) "
-            "FROM event_categories WHERE event_id = e.id) FROM events e "
-            "WHERE e.kind = 'visit' AND e.t > ? AND e.t <= ? AND e.lat IS NOT NULL",
-            (t - RETENTION_S, t - rules.cooldown_s),
+            "SELECT e.region, COUNT(*) AS n FROM events e WHERE e.kind = 'visit' "
+            "AND e.t > ? AND e.t <= ? AND e.region IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+            f"event_categories ec WHERE ec.event_id = e.id AND ec.category IN ({marks})) "
+            "GROUP BY e.region HAVING n >= ? ORDER BY n DESC, e.region",
+            (t - RETENTION_S, t - rules.cooldown_s, *sensitive, rules.min_evidence),
         )
-        counts: dict[str, int] = {}
-        for lat, lon, cats in rows:
-            if any(c in tax and tax.is_sensitive(c) for c in (cats or "").split("\x1f") if c):
-                continue
-            r = region_of((lat, lon))
-            if r in regions:
-                counts[r] = counts.get(r, 0) + 1
-        counts = {r: n for r, n in counts.items() if n >= rules.min_evidence}
-        return max(sorted(counts), key=lambda r: counts[r]) if counts else None
+        return next((r for r, _ in rows if r in regions), None)
 
     # -- ranking -------------------------------------------------------------------------------
 
     def _fatigue(self, t: float) -> np.ndarray:
+        """Per-offer fatigue: impressions in the last 24 h, plus ``offer_cap`` (so the offer
+        rests) for a dismiss in the last 7 days or a purchase still on the device (an offer
+        already taken up is not pushed again)."""
         cap = self._settings.offer_cap
         catalog = self.bundle.catalog
         fatigue = np.zeros(len(catalog), dtype=np.float32)
         rows = self._store.query(
             "SELECT offer, SUM(CASE WHEN kind = 'impression' AND t > ? THEN 1 ELSE 0 END), "
-            "       MAX(CASE WHEN kind = 'dismiss' THEN 1 ELSE 0 END) "
+            "       MAX(CASE WHEN kind IN ('dismiss', 'purchase') THEN 1 ELSE 0 END) "
             "FROM events WHERE offer IS NOT NULL AND t <= ? AND "
-            "((kind = 'impression' AND t > ?) OR (kind = 'dismiss' AND t > ?)) GROUP BY offer",
+            "((kind = 'impression' AND t > ?) OR (kind = 'dismiss' AND t > ?) "
+            " OR kind = 'purchase') GROUP BY offer",
             (t - 86400, t, t - 86400, t - 7 * 86400),
         )
-        for offer, shown, dismissed in rows:
+        for offer, shown, done in rows:
             try:
                 i = catalog.index_of(offer)
             except InputError:
                 continue
-            fatigue[i] = float(shown or 0) + (cap if dismissed else 0)
+            fatigue[i] = float(shown or 0) + (cap if done else 0)
         return fatigue
 
     def scoring_inputs(
@@ -577,8 +588,9 @@ class Engine:
         s = self._settings
         b = self.bundle
         level = s.level
-        view = self._view(context, t)
-        seg = self._segment(t, context)
+        profile = self._sync_profile(t)
+        view = profile.view(self.policy.allowed(context))
+        seg = self._segment(profile, t, context)
         C = len(b.taxonomy)
         opt = np.zeros(C, dtype=np.float32)
         for c in s.sensitive_opt_ins:
@@ -658,12 +670,14 @@ class Engine:
             adjust=inputs.adjust,
             k=k,
         )
+        view = self._profile.view(self.policy.allowed(context)) if self._profile else None
         return [
-            self._explain(int(i), float(s), inputs, context)
-            for i, s in zip(idx, scores, strict=True)
+            self._explain(int(i), float(s), inputs, view) for i, s in zip(idx, scores, strict=True)
         ]
 
-    def _explain(self, i: int, score: float, x: ScoringInputs, context: str) -> Recommendation:
+    def _explain(
+        self, i: int, score: float, x: ScoringInputs, view: ProfileView | None
+    ) -> Recommendation:
         b = self.bundle
         cat = b.catalog
         tax = b.taxonomy
@@ -680,7 +694,6 @@ class Engine:
             seg_label = tax[tax.index(b.segments.paths[x.segment].split("/")[0])].display
         interest_label = None
         if x.w_dot:
-            view = self._profile.view(self.policy.allowed(context)) if self._profile else None
             mine = [tax.names[c2] for c2 in cat.categories_of(i)]
             if view is not None:
                 for c2 in view.interests:

@@ -10,7 +10,8 @@ eligible[i] = valid[i] ∧ in_context[i] ∧ sensitive_ok[i] ∧ under_cap[i] �
 - sensitive_ok: the offer has no sensitive category the user has not opted in to; at level
   ``off`` every offer passes (nothing is personalised there).
 - under_cap: ``fatigue[i] < offer_cap``, where fatigue is the offer's impressions in the last
-  24 h plus ``offer_cap`` for a dismiss in the last 7 days.
+  24 h plus ``offer_cap`` for a dismiss in the last 7 days or a purchase still on the device
+  (within the 90-day retention).
 - geo_ok: a local offer needs location allowed in this context *and* granted, and
   ``dist²[i] ≤ radius²[i]``; other offers always pass.
 

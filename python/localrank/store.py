@@ -99,6 +99,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_state ON outbox(sent_at, epoch);
     """,
+    # 3: the coarse region of an event's place, kept beside it so segments need no geohashing
+    """
+    ALTER TABLE events ADD COLUMN region TEXT;
+    CREATE INDEX events_region ON events(kind, region, t);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
