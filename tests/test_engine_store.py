@@ -27,6 +27,7 @@ from engine_fixtures import ALL, DAY, HOUR, LONDON, T0, Keys, ids, offers, open_
 from localrank.clock import FixedClock
 from localrank.engine import Engine
 from localrank.errors import InputError, StoreError
+from localrank.geo import region_of
 from localrank.store import MIGRATIONS, SCHEMA_VERSION
 
 CATEGORIES = {o.id: set(o.categories) for o in offers()}
@@ -80,6 +81,7 @@ def secret_event(engine: Engine) -> tuple[int, list[bytes]]:
         struct.pack(">d", t),
         struct.pack(">d", loc[0]),
         struct.pack(">d", loc[1]),
+        region_of(loc).encode(),  # the coarse region stored beside the place
     ]
     return eid, markers
 
