@@ -435,6 +435,8 @@ def test_explanations_never_get_personal(tmp_path: Path, keys, published):
         engine.record(
             "click", context="shopping", offer="o-local-cafe", location=LONDON, now=T0 - 3 * HOUR
         )
+    # one showing of the café: a fatigue reason, still under the cap
+    engine.record("impression", context="shopping", offer="o-local-cafe", now=T0 - HOUR)
     engine.update_settings(sensitive_opt_ins=["health"])
     titles = {
         engine.bundle.catalog.titles[engine.bundle.catalog.index_of(e.offer)]
@@ -460,6 +462,8 @@ def test_explanations_never_get_personal(tmp_path: Path, keys, published):
                     assert not any(t.lower() in low for t in titles), text
                     assert "health" not in low  # a sensitive label never explains anything
                     assert isinstance(r.reasons, list)
+                    # the reasons are the score's own terms: they add up to it
+                    assert abs(sum(w for _, w in r.reasons) - r.score) < 1e-4 * max(1, abs(r.score))
                     for pair in r.reasons:
                         assert isinstance(pair, tuple) and len(pair) == 2
                         kind, weight = pair

@@ -30,6 +30,7 @@ from localrank.explain import Reason, sentence
 from localrank.geo import Location, region_of, round_location, validate_location
 from localrank.guardrails import (
     CONTEXT_FIT,
+    FATIGUE,
     NEAR,
     Guardrails,
     OfferGeometry,
@@ -706,6 +707,7 @@ class Engine:
             Reason("popular", float(cat.bias[i])),
             Reason("near", near),
             Reason("context", float(CONTEXT_FIT) if self._geometry.targeted[i] else 0.0),
+            Reason("fatigue", -float(FATIGUE) * float(g.fatigue[i])),
         ]
         return Recommendation(
             offer_id=cat.ids[i],
@@ -806,8 +808,10 @@ class Engine:
         Deleted rows are zeroed (``secure_delete``), the WAL is checkpointed and truncated and
         the file vacuumed, so no byte of them remains in the database, WAL or shm files; the
         profile is rebuilt. Forgetting single events keeps what protects the user (memoised
-        responses, the privacy ledger). ``everything=True`` wipes all of it, settings included,
-        and starts the silent period during which nothing is sent.
+        responses, the privacy ledger) and drops any report made from them but not yet sent.
+        ``everything=True`` wipes all of it — events, attributes, opt-ins, consent, time zone,
+        memos, ledger, outbox — and starts the silent period during which nothing is sent. Only
+        the choices that ask to be left alone survive: the level, quiet hours and caps.
         """
         if not isinstance(everything, bool):
             raise InputError(f"everything: expected True or False, got {everything!r}")
@@ -826,15 +830,28 @@ class Engine:
         t = self._now(now)
         with self._store.transaction() as db:
             if everything:
+                kept = self._read_settings()
                 n = db.execute("DELETE FROM events").rowcount
                 for tbl in ("attributes", "snoozes"):
                     db.execute(f"DELETE FROM {tbl}")
                 # the generation survives, so that other processes see the wipe
                 db.execute("DELETE FROM settings WHERE key != 'generation'")
+                calm = Settings(
+                    level=kept.level,
+                    quiet_hours=kept.quiet_hours,
+                    daily_cap=kept.daily_cap,
+                    offer_cap=kept.offer_cap,
+                )
+                if calm != Settings():
+                    db.execute(
+                        "INSERT INTO settings (key, value) VALUES ('settings', ?)",
+                        (calm.to_json(),),
+                    )
                 self._forget_reports(db, t)
             else:
                 n = 0
                 for i in ids:
+                    self._reporter.forget_event(db, i)
                     n += db.execute("DELETE FROM events WHERE id = ?", (i,)).rowcount
             self._bump_generation(db)
         self._store.scrub()

@@ -104,6 +104,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN region TEXT;
     CREATE INDEX events_region ON events(kind, region, t);
     """,
+    # 4: which event an engagement report came from, so forgetting the event drops the report
+    #    if it has not left yet
+    """
+    ALTER TABLE outbox ADD COLUMN event_id INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
