@@ -61,6 +61,7 @@ lint: build
 bench: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops
 	$(PY) benches/compare.py
+	$(PY) benches/onnx_model.py
 
 clean:
 	rm -rf $(VENV) target python/localrank/*.so
