@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find rust -name '*.rs' -o -name Cargo.toml 2>/dev/null)
 
-.PHONY: all demo test bench build venv test-rust test-python lint clean models
+.PHONY: all demo test bench build venv test-rust test-python lint clean models postgres postgres-stop
 
 all: build
 
@@ -49,8 +49,9 @@ models: build
 test-rust:
 	cargo test -p localrank-core --release -- --nocapture
 
-test-python: build
-	$(PY) -m pytest -q
+# PostgreSQL is up before pytest, and pytest finds it through LOCALRANK_TEST_PG_URL (docs/testing.md).
+test-python: build postgres
+	LOCALRANK_TEST_PG_URL="$${LOCALRANK_TEST_PG_URL:-$$(cat $(PG_DIR)/url)}" $(PY) -m pytest -q
 
 lint: build
 	cargo fmt --all --check
@@ -61,10 +62,30 @@ lint: build
 bench: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops
 	$(PY) benches/compare.py
+	$(PY) benches/recommend.py
 	$(PY) benches/onnx_model.py
 
 clean:
 	rm -rf $(VENV) target python/localrank/*.so
+
+# A throwaway PostgreSQL for the tests (scripts/postgres.sh, docs/testing.md): installs Debian's
+# package when missing, creates a cluster in .pg/ on first use, starts it on 127.0.0.1:$(PG_PORT)
+# (the next free port when that one is taken) and writes its URL to .pg/url. About 0.1 s when it
+# is already running. With LOCALRANK_TEST_PG_URL set, that server is used and nothing is started.
+PG_DIR  := .pg
+PG_PORT ?= 55432
+
+postgres:
+	@if [ -n "$$LOCALRANK_TEST_PG_URL" ]; then \
+		echo "postgres: using LOCALRANK_TEST_PG_URL from the environment; nothing started"; \
+	else \
+		scripts/postgres.sh install && \
+		url="$$(scripts/postgres.sh start $(PG_DIR) $(PG_PORT))" && \
+		echo "postgres: $$url"; \
+	fi
+
+postgres-stop:
+	scripts/postgres.sh stop $(PG_DIR)
 
 # aarch64, from an x86-64 Debian machine (docs/arm.md). The scripts install Debian's cross
 # toolchain and qemu when missing (scripts/arm64-toolchain.sh) and build into target-aarch64/.

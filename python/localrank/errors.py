@@ -15,6 +15,7 @@ __all__ = [
     "BundleSignatureError",
     "BundleTruncatedError",
     "BundleUnsignedError",
+    "DataUnavailableError",
     "InputError",
     "KernelError",
     "LocalrankError",
@@ -74,3 +75,9 @@ class PolicyError(LocalrankError):
 
 class BudgetExhaustedError(PolicyError):
     """The privacy accountant refused: the ε budget of the report, epoch or window is spent."""
+
+
+class DataUnavailableError(LocalrankError, RuntimeError):
+    """A data set could not be obtained intact: it is not cached, fetching it failed, or what was
+    fetched or found does not match its pinned checksums. The message says what was tried and
+    how to provide the files by hand."""
