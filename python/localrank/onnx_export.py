@@ -27,7 +27,7 @@ an app cannot skip a guardrail by accident. docs/onnx.md is the app developer's 
 
 **Outputs**: ``scores`` float32[K] and ``indices`` int64[K] (K = min(k, n), best first, ties to
 the lower index; rows with score −inf are masked and must be dropped), ``reasons``
-float32[K, 5] (the score's terms per returned row, in :data:`REASON_COLUMNS` order, for the
+float32[K, 6] (the score's terms per returned row, in :data:`REASON_COLUMNS` order, for the
 explanation), and for debugging the per-offer ``eligible`` bool[n] and ``adjust`` float32[n].
 
 **Choices**, and why:
@@ -391,7 +391,8 @@ def build_model(
         )
 
     # -- adjust = ((−FATIGUE·fatigue) + near) + context fit, in guardrails.py's order -----------
-    adjust = g.op("Mul", ["fatigue", g.const("neg_fatigue_weight", -FATIGUE)], "fatigue_term")
+    fatigue_term = g.op("Mul", ["fatigue", g.const("neg_fatigue_weight", -FATIGUE)], "fatigue_term")
+    adjust = fatigue_term
     if near_term is not None:
         adjust = g.op("Add", [adjust, near_term], "adjust_near")
     context_term = g.const("context_term", np.where(geo.targeted, CONTEXT_FIT, f32(0)).astype(f32))
@@ -433,13 +434,14 @@ def build_model(
         sorted=1,
     )
 
-    # -- reasons for the K returned rows: five K-sized gathers, not an [n, 5] matrix -------------
+    # -- reasons for the K returned rows: K-sized gathers, not an [n, 6] matrix ------------------
     by_kind: dict[str, str | None] = {
         "interest": interest,
         "segment": segment,
         "popular": bias,
         "near": near_term,
         "context": context_term,
+        "fatigue": fatigue_term,
     }
     axis1 = g.const("axis_1", [1], np.int64)
     columns = []
