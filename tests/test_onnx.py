@@ -315,6 +315,56 @@ def test_unknown_context_or_level_never_widens(
     assert not (got["eligible"] & engine.bundle.catalog.local).any()
 
 
+def test_garbage_inputs_never_surface_a_masked_offer(
+    demo_engine: Engine, demo_sessions: dict[str, ort.InferenceSession]
+) -> None:
+    """An app's bug must not defeat a guardrail, and the engine refuses what the model
+    cannot. Non-finite entries of u and the prior count as 0 and a location out of range or
+    NaN as not granted: the model then ranks as the Rust core does on those sanitised inputs.
+    NaN fatigue masks its offer; TopK sorts NaN first, so such rows may take output slots, but
+    they read −inf: no masked offer is ever returned with a score, and no score is NaN."""
+    engine = demo_engine
+    b = engine.bundle
+    x = engine.scoring_inputs("shopping", location=LONDON)
+    geo = OfferGeometry.of(b)
+    u = x.u.copy()
+    u[[0, 3]] = (np.nan, np.inf)
+    prior = np.full(len(b.taxonomy), np.nan, np.float32)
+    g = Guardrails(**{**x.guardrails.__dict__, "location": None})
+    clean = ScoringInputs(
+        **{
+            **x.__dict__,
+            "u": np.where(np.isfinite(u), u, 0).astype(np.float32),
+            "prior": np.zeros_like(prior),
+            "eligible": eligibility(b, geo, g),
+            "adjust": adjust_term(geo, g),
+            "guardrails": g,
+        }
+    )
+    assert clean.eligible.sum() < x.eligible.sum()  # the local offers near London are gone
+    fatigue = x.guardrails.fatigue.copy()
+    nan_rows = np.flatnonzero(x.eligible)[:50]
+    fatigue[nan_rows] = np.nan
+    for bad_location in ((np.nan, 0.0), (91.0, 0.0), (0.0, -np.inf), (51.5, 181.0)):
+        feeds = ox.feeds(x, "full") | {
+            "u": u,
+            "prior": prior,
+            "location": np.array(bad_location, np.float32),
+        }
+        for kind, sess in demo_sessions.items():
+            got = run(sess, feeds)
+            np.testing.assert_array_equal(got["eligible"], clean.eligible, err_msg=kind)
+            np.testing.assert_array_equal(got["adjust"], clean.adjust, err_msg=kind)
+            if kind == "f32":
+                assert_same_ranking(got, *rust_rank(clean, b, 10))
+            got = run(sess, feeds | {"fatigue": fatigue})
+            assert not got["eligible"][nan_rows].any()
+            assert not np.isnan(got["scores"]).any()
+            shown = got["indices"][got["scores"] > -np.inf]
+            assert got["eligible"][shown].all()
+            assert set(shown.tolist()) <= set(np.flatnonzero(clean.eligible).tolist())
+
+
 # ---------------------------------------------------------------------------------------------
 # Random catalogs, against the contract functions and the engine
 

@@ -26,9 +26,14 @@ an app cannot skip a guardrail by accident. docs/onnx.md is the app developer's 
 ========================  ============  =====================================================
 
 **Outputs**: ``scores`` float32[K] and ``indices`` int64[K] (K = min(k, n), best first, ties to
-the lower index; rows with score −inf are masked and must be dropped), ``reasons``
-float32[K, 6] (the score's terms per returned row, in :data:`REASON_COLUMNS` order, for the
-explanation), and for debugging the per-offer ``eligible`` bool[n] and ``adjust`` float32[n].
+the lower index; rows with score −inf are masked and must be dropped, wherever they are),
+``reasons`` float32[K, 6] (the score's terms per returned row, in :data:`REASON_COLUMNS`
+order, for the explanation), and for debugging the per-offer ``eligible`` bool[n] and
+``adjust`` float32[n].
+
+Invalid inputs cannot surface a masked offer (the engine refuses them; a graph cannot raise):
+non-finite entries of ``u`` and ``prior`` count as 0, a location out of range or NaN as not
+granted, and every returned row whose offer is masked reads −inf.
 
 **Choices**, and why:
 
@@ -152,6 +157,13 @@ def _location_policy(contexts: Sequence[str]) -> np.ndarray:
     return np.array([policy.allows(c, "location") for c in contexts], dtype=bool)
 
 
+def _finite(g: _Graph, x: str, out: str) -> str:
+    """bool, elementwise: ``x`` is neither NaN nor ±inf."""
+    nan = g.op("IsNaN", [x], f"{out}_nan")
+    inf = g.op("IsInf", [x], f"{out}_inf")
+    return g.op("Not", [g.op("Or", [nan, inf], f"{out}_bad")], out)
+
+
 def _scatter_into_n(
     g: _Graph, rows: tuple[str, np.ndarray], values: str, base: str, out: str
 ) -> str:
@@ -242,6 +254,7 @@ def _geography(
     """
     from onnx import TensorProto
 
+    f32 = np.float32
     local = np.flatnonzero(geo.local)
     if not local.size:
         return None
@@ -252,9 +265,24 @@ def _geography(
         axis=0,
     )
     granted = g.op("And", ["location_allowed", "location_granted"], "allowed_and_granted")
-    loc_ok = g.op("And", [granted, policy], "location_ok")
-    lat = g.op("Gather", ["location", g.const("i_lat", 0, np.int64)], "user_lat", axis=0)
-    lon = g.op("Gather", ["location", g.const("i_lon", 1, np.int64)], "user_lon", axis=0)
+    # A location out of range (or NaN) counts as not granted, and is replaced by (0, 0) so that
+    # every distance stays finite; the Python engine refuses such a location outright.
+    in_range = g.op(
+        "LessOrEqual",
+        [g.op("Abs", ["location"], "location_abs"), g.const("location_limit", [90, 180], f32)],
+        "location_in_range_2",
+    )
+    lat_ok = g.op("Gather", [in_range, g.const("i_lat", 0, np.int64)], "lat_in_range", axis=0)
+    lon_ok = g.op("Gather", [in_range, g.const("i_lon", 1, np.int64)], "lon_in_range", axis=0)
+    in_range = g.op("And", [lat_ok, lon_ok], "location_in_range")
+    location = g.op(
+        "Where", [in_range, "location", g.const("zeros_2", np.zeros(2, f32))], "location_used"
+    )
+    loc_ok = g.op(
+        "And", [g.op("And", [granted, in_range], "granted_in_range"), policy], "location_ok"
+    )
+    lat = g.op("Gather", [location, "i_lat"], "user_lat", axis=0)
+    lon = g.op("Gather", [location, "i_lon"], "user_lon", axis=0)
     km = g.const("km_per_degree", KM_PER_DEGREE)
     dlat = g.op("Sub", [lat, g.const("offer_lat", geo.lat[local])], "dlat")
     dy = g.op("Mul", [dlat, km], "dy")
@@ -400,7 +428,10 @@ def build_model(
 
     # -- score = ((w_dot·(u·E) + bias) + w_prior·prior[category]) + adjust ----------------------
     # u counts only at level full: zeroing it (d values) makes w_dot·(u·E) exactly 0 otherwise.
-    u_used = g.op("Where", [is_full, "u", g.const("zeros_d", np.zeros(d, f32))], "u_used")
+    # A non-finite entry (an app's bug; the engine never makes one) counts as 0, so that every
+    # score stays finite and the −inf of a masked row cannot turn into a NaN.
+    use_u = g.op("And", [is_full, _finite(g, "u", "u_finite")], "use_u")
+    u_used = g.op("Where", [use_u, "u", g.const("zeros_d", np.zeros(d, f32))], "u_used")
     dot = (_dot_int8 if int8 else _dot_f32)(g, cat.embeddings, u_used)
     # w·x with w = 1 is x exactly, as the kernel's 1·x: skip the pass.
     interest = dot if w_dot == 1.0 else g.op("Mul", [dot, g.const("w_dot", f32(w_dot))], "interest")
@@ -412,7 +443,8 @@ def build_model(
         if w_prior == 1.0
         else g.op("Mul", ["prior", g.const("w_prior", f32(w_prior))], "prior_weighted")
     )
-    prior = g.op("Where", [uses_prior, prior, g.const("zeros_c", np.zeros(C, f32))], "prior_used")
+    use_prior = g.op("And", [uses_prior, _finite(g, prior, "prior_finite")], "use_prior")
+    prior = g.op("Where", [use_prior, prior, g.const("zeros_c", np.zeros(C, f32))], "prior_used")
     category = g.const("category", cat.category.astype(np.int64))
     # GatherElements, not Gather: the same values, and onnxruntime's Gather copies element by
     # element (measured 780 µs against 100 µs at n = 100k).
@@ -428,11 +460,15 @@ def build_model(
     g.op_n(
         "TopK",
         [masked, g.const("k", [K], np.int64)],
-        ["scores", "indices"],
+        ["top_scores", "indices"],
         axis=0,
         largest=1,
         sorted=1,
     )
+    # Belt and braces on the K returned rows: a masked row reads −inf whatever the inputs were.
+    # (A NaN fatigue masks its offer but makes its score NaN, which TopK sorts first.)
+    returned_ok = g.op("Gather", [eligible, "indices"], "returned_eligible", axis=0)
+    g.op("Where", [returned_ok, "top_scores", g.const("neg_inf", f32(-np.inf))], "scores")
 
     # -- reasons for the K returned rows: K-sized gathers, not an [n, 6] matrix ------------------
     by_kind: dict[str, str | None] = {
