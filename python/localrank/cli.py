@@ -113,6 +113,7 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 #: Every module that contributes subcommands. Add a job by adding its register function.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_core,
+    lambda sub: __import__("localrank.onnx_export").onnx_export.register_cli(sub),
 ]
 
 
