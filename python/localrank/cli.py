@@ -114,6 +114,7 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_core,
     lambda sub: __import__("localrank.onnx_export").onnx_export.register_cli(sub),
+    lambda sub: __import__("localrank.evaluation.cli").evaluation.cli.register(sub),
 ]
 
 

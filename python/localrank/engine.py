@@ -878,9 +878,10 @@ class Engine:
         ``include_pending``, the ones still queued)."""
         return self._reporter.outbox.sent(include_pending=include_pending)
 
-    def report_backlog(self) -> int:
-        """How many recorded events wait for a later epoch's engagement report."""
-        return int(self._store.query("SELECT COUNT(*) FROM pending")[0][0])
+    def report_backlog(self, *, now: float | None = None) -> int:
+        """How many events that have happened by ``now`` wait for an engagement report."""
+        t = self._now(now)
+        return int(self._store.query("SELECT COUNT(*) FROM pending WHERE t <= ?", (t,))[0][0])
 
     def take_batch(self, *, now: float | None = None) -> OutboxBatch | None:
         """Make this epoch's due reports (within ``L`` and the budgets) and hand out the next

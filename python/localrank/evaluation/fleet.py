@@ -133,32 +133,53 @@ def run_reports(
     server: ReportServer,
     bundle: bytes,
     *,
-    start: float,
+    first_day: float,
+    last_day: float,
     cap_days: int,
     publish_every_days: int = 7,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReportRun:
-    """Run epochs from ``start``: each day every device syncs (loads the newest bundle, makes
-    and sends its due reports); the server publishes every ``publish_every_days``. Stops once
-    every backlog is drained (after a final census week) or after ``cap_days``."""
+    """Replay the training period day by day, then up to ``cap_days`` more.
+
+    Each day (at noon UTC) every device whose history has started syncs: it loads the newest
+    bundle when one was published, and makes and sends its due reports — only events that have
+    happened by then can be reported, under the bundle's L and budgets. A device with nothing
+    waiting syncs once a week (the census cadence). The server publishes every
+    ``publish_every_days`` and once more at the end. After the training period the run stops
+    as soon as every backlog is drained."""
+    start = float(np.floor(first_day / SECONDS_PER_DAY) * SECONDS_PER_DAY)
+    days_training = int(np.ceil((last_day - start) / SECONDS_PER_DAY)) + 1
+    total_days = days_training + cap_days
     clock = FixedClock(start)
-    engines = {
-        d.user: Engine.open(d.path, public_key=fleet.public_key, bundle=bundle, clock=clock)
-        for d in fleet.devices
-    }
+    engines: dict[int, Engine] = {}
+    loaded: dict[int, bytes] = {}
+    last_sync: dict[int, int] = {}
     latest = bundle
     reports = engagements = censuses = 0
-    day = 0
     drained = False
+    day = 0
     try:
-        for day in range(cap_days):
-            clock.set(start + day * SECONDS_PER_DAY + 12 * 3600)
+        for day in range(total_days):
+            now = start + day * SECONDS_PER_DAY + 12 * 3600
+            clock.set(now)
             backlog = 0
-            for engine in engines.values():
-                engine.load_bundle(latest)
+            for d in fleet.devices:
+                if d.first_t > now:
+                    continue
+                engine = engines.get(d.user)
+                if engine is None:
+                    engine = Engine.open(d.path, public_key=fleet.public_key, clock=clock)
+                    engines[d.user] = engine
+                waiting = engine.report_backlog()
+                if waiting == 0 and day - last_sync.get(d.user, -7) < 7:
+                    continue
+                if loaded.get(d.user) is not latest:
+                    engine.load_bundle(latest)
+                    loaded[d.user] = latest
+                last_sync[d.user] = day
                 batch = engine.take_batch()
                 if batch is not None:
-                    server.submit(batch.body, clock.now())
+                    server.submit(batch.body, now)
                     engine.acknowledge(batch, destination="simulated-server")
                     for r in batch.reports:
                         reports += 1
@@ -166,13 +187,13 @@ def run_reports(
                         censuses += r["kind"] == "census"
                 backlog += engine.report_backlog()
             if (day + 1) % publish_every_days == 0:
-                latest = server.publish(clock.now())
+                latest = server.publish(now)
             if progress:
-                progress()
-            if backlog == 0 and day + 1 >= publish_every_days:
+                progress(day + 1, total_days)
+            if day >= days_training and backlog == 0:
                 drained = True
                 break
-        final = server.publish(clock.now() + 3600)
+        final = server.publish(start + (day + 1) * SECONDS_PER_DAY + 12 * 3600)
     finally:
         for engine in engines.values():
             engine.close()
@@ -222,8 +243,13 @@ def recommend_all(
     }
     for d in fleet.devices:
         now = ranking_time(d.last_t)
-        engine = Engine.open(d.path, public_key=fleet.public_key, bundle=bundle,
-                             clock=FixedClock(now), tuning=tunings[0])
+        engine = Engine.open(
+            d.path,
+            public_key=fleet.public_key,
+            bundle=bundle,
+            clock=FixedClock(now),
+            tuning=tunings[0],
+        )
         try:
             for j, tuning in enumerate(tunings):
                 # w_dot and w_prior act at ranking time only: no need to rebuild the profile

@@ -37,10 +37,15 @@ class Cell:
             assert self.epsilon is not None
             # The budgets stay the product's defaults (8 an epoch, 64 a month): at a higher
             # per-report ε fewer reports fit, which is the trade-off the grid measures.
-            return movielens_config(d, mode="ldp", epsilon=self.epsilon,
-                                    min_population=self.min_population)
-        return movielens_config(d, mode="central", central_epsilon=self.epsilon or 1.0,
-                                min_population=self.min_population)
+            return movielens_config(
+                d, mode="ldp", epsilon=self.epsilon, min_population=self.min_population
+            )
+        return movielens_config(
+            d,
+            mode="central",
+            central_epsilon=self.epsilon or 1.0,
+            min_population=self.min_population,
+        )
 
 
 def _grid(k_values: tuple[int, ...]) -> tuple[Cell, ...]:
