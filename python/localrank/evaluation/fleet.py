@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from localrank.clock import SECONDS_PER_DAY, FixedClock
+from localrank.errors import BundleError
 from localrank.engine import Engine, Tuning
 from localrank.evaluation.catalog import CONTEXT, age_band, offer_id, region_of_user
 from localrank.evaluation.split import Split
@@ -125,6 +126,7 @@ class ReportRun:
     events: int  # training events that could be reported
     reported_share: float
     drained: bool
+    refused_bundles: int
     final_bundle: bytes
 
 
@@ -145,7 +147,7 @@ def run_reports(
     bundle when one was published, and makes and sends its due reports — only events that have
     happened by then can be reported, under the bundle's L and budgets. A device with nothing
     waiting syncs once a week (the census cadence). The server publishes every
-    ``publish_every_days`` and once more at the end. After the training period the run stops
+    ``publish_every_days`` (before that day's syncs) and once more at the end. After the training period the run stops
     as soon as every backlog is drained."""
     start = float(np.floor(first_day / SECONDS_PER_DAY) * SECONDS_PER_DAY)
     days_training = int(np.ceil((last_day - start) / SECONDS_PER_DAY)) + 1
@@ -155,13 +157,15 @@ def run_reports(
     loaded: dict[int, bytes] = {}
     last_sync: dict[int, int] = {}
     latest = bundle
-    reports = engagements = censuses = 0
+    reports = engagements = censuses = refused = 0
     drained = False
     day = 0
     try:
         for day in range(total_days):
             now = start + day * SECONDS_PER_DAY + 12 * 3600
             clock.set(now)
+            if day > 0 and day % publish_every_days == 0:
+                latest = server.publish(now)  # before the day's syncs, as a server's cron would
             backlog = 0
             for d in fleet.devices:
                 if d.first_t > now:
@@ -174,7 +178,10 @@ def run_reports(
                 if waiting == 0 and day - last_sync.get(d.user, -7) < 7:
                     continue
                 if loaded.get(d.user) is not latest:
-                    engine.load_bundle(latest)
+                    try:
+                        engine.load_bundle(latest)
+                    except BundleError:
+                        refused += 1  # the sync client keeps the last good bundle, and so here
                     loaded[d.user] = latest
                 last_sync[d.user] = day
                 batch = engine.take_batch()
@@ -186,8 +193,6 @@ def run_reports(
                         engagements += r["kind"] == "engagement"
                         censuses += r["kind"] == "census"
                 backlog += engine.report_backlog()
-            if (day + 1) % publish_every_days == 0:
-                latest = server.publish(now)
             if progress:
                 progress(day + 1, total_days)
             if day >= days_training and backlog == 0:
@@ -206,6 +211,7 @@ def run_reports(
         events=total,
         reported_share=engagements / max(total, 1),
         drained=drained,
+        refused_bundles=refused,
         final_bundle=final,
     )
 
