@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find rust -name '*.rs' -o -name Cargo.toml 2>/dev/null)
 
-.PHONY: all demo test bench build venv test-rust test-python lint clean postgres postgres-stop
+.PHONY: all demo test bench build venv test-rust test-python lint clean models postgres postgres-stop
 
 all: build
 
@@ -37,6 +37,15 @@ demo: build
 
 test: build test-rust test-python lint
 
+# Regenerate models/ deterministically (two runs give byte-identical files): the demo taxonomy,
+# catalog and signed bundle, then the ONNX scorer exported from that bundle (f32 and int8).
+models: build
+	$(BIN)/localrank models --dir models
+	$(BIN)/localrank export-onnx --bundle models/demo.bundle --public-key models/demo-key.pub.pem \
+		-o models/localrank-scorer.onnx
+	$(BIN)/localrank export-onnx --bundle models/demo.bundle --public-key models/demo-key.pub.pem \
+		-o models/localrank-scorer-int8.onnx --int8
+
 test-rust:
 	cargo test -p localrank-core --release -- --nocapture
 
@@ -54,6 +63,7 @@ bench: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops
 	$(PY) benches/compare.py
 	$(PY) benches/recommend.py
+	$(PY) benches/onnx_model.py
 	$(MAKE) bench-server
 
 # The server's bounded load tests on loopback (benches/server_load.py, docs/scale-out.md):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import string
@@ -289,7 +290,13 @@ def test_no_raw_value_ever_appears_in_a_payload(
                 assert not engine.bundle.catalog.sensitive[
                     engine.bundle.catalog.index_of(r["offer"])
                 ]
-        text = json.dumps(sent)
+        # `bits` is a random OUE bit vector in base64: a short letter string can occur in it by
+        # chance (a run of zero bits reads "AAAA..."); its size is fixed by the domain instead.
+        d_bytes = (engine.bundle.segments.d_seg + 7) // 8
+        for r in sent:
+            if "bits" in r:
+                assert len(base64.b64decode(r["bits"])) == d_bytes
+        text = json.dumps([{k: v for k, v in r.items() if k != "bits"} for r in sent])
         for value in raw:
             if len(value) >= 6 and not value.replace(".", "").replace("-", "").isdigit():
                 assert value not in text, f"raw value {value!r} leaked"
@@ -301,3 +308,34 @@ def test_no_raw_value_ever_appears_in_a_payload(
     assert not set(nonces[0]) & set(nonces[1]), "two devices produced the same nonce"
     assert all(len(set(n)) == len(n) for n in nonces)
     assert math.isfinite(T0)
+
+
+def test_forgetting_an_event_drops_its_unsent_report_but_not_the_spent_epsilon(
+    tmp_path: Path,
+) -> None:
+    engine, _ = open_engine(tmp_path)
+    a, b = plain_offers(engine, 2)
+    ea = engine.record("click", context="shopping", offer=a, now=T0 - 60)
+    engine.record("click", context="shopping", offer=b, now=T0 - 60)
+    batch = engine.take_batch()  # made, not sent
+    assert batch is not None and {r.get("offer") for r in batch.reports} >= {a, b}
+    spent = sum(e.epsilon for e in engine.privacy_ledger())
+    engine.forget([ea])
+    offers = {r.payload.get("offer") for r in engine.outbox(include_pending=True)}
+    assert a not in offers and b in offers
+    assert sum(e.epsilon for e in engine.privacy_ledger()) == spent
+
+
+def test_forgetting_everything_keeps_only_the_wish_to_be_left_alone(tmp_path: Path) -> None:
+    engine, _ = open_engine(tmp_path)
+    engine.update_settings(
+        level="off",
+        quiet_hours=(21, 8),
+        daily_cap=5,
+        timezone="Europe/Paris",
+        sensitive_opt_ins=["health"],
+    )
+    engine.forget(everything=True)
+    s = engine.settings
+    assert (s.level, s.quiet_hours, s.daily_cap) == ("off", (21, 8), 5)
+    assert s.timezone == "UTC" and s.sensitive_opt_ins == () and s.reporting is False

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,64 @@ class Catalog:
     radius_km: np.ndarray  # float32[n]
     bias: np.ndarray  # float32[n]
     embeddings: np.ndarray  # float32[n, d]
+
+    def __post_init__(self) -> None:
+        """Refuse a catalog the kernel could not rank with: inconsistent lengths, duplicate
+        ids, non-finite embeddings or biases, a broken category index."""
+        n = len(self.ids)
+        if len(self.titles) != n:
+            raise InputError(f"catalog: {n} ids but {len(self.titles)} titles")
+        if len(set(self.ids)) != n:
+            dup = sorted(i for i, k in Counter(self.ids).items() if k > 1)
+            raise InputError(f"catalog: offer ids must be unique, got duplicates {dup[:5]}")
+        for name in (
+            "category",
+            "sensitive",
+            "contexts",
+            "valid_from",
+            "valid_until",
+            "lat",
+            "lon",
+            "radius_km",
+            "bias",
+        ):
+            shape = np.shape(getattr(self, name))
+            if shape != (n,):
+                raise InputError(f"catalog: {name} has shape {shape}, expected ({n},)")
+        if np.ndim(self.embeddings) != 2 or np.shape(self.embeddings)[0] != n:
+            raise InputError(
+                f"embeddings: expected shape ({n}, d), got {np.shape(self.embeddings)}"
+            )
+        if not np.all(np.isfinite(self.embeddings)):
+            raise InputError("embeddings: expected finite values")
+        if not np.all(np.isfinite(self.bias)):
+            raise InputError("bias: expected finite values for every offer")
+        indptr, indices = np.asarray(self.cat_indptr), np.asarray(self.cat_indices)
+        if (
+            indptr.shape != (n + 1,)
+            or indices.ndim != 1
+            or (n + 1 and (indptr[0] != 0 or indptr[-1] != len(indices)))
+            or np.any(np.diff(indptr) < 1)
+        ):
+            raise InputError("catalog: the category index (cat_indptr) is inconsistent")
+        if n and not np.array_equal(np.asarray(self.category), indices[indptr[:-1]]):
+            raise InputError("catalog: category must be each offer's first category")
+        local = ~np.isnan(self.lat)
+        if not np.array_equal(local, ~np.isnan(self.lon)) or not np.all(
+            np.isfinite(self.radius_km[local]) & (self.radius_km[local] > 0)
+        ):
+            raise InputError("catalog: a local offer needs lat, lon and a radius > 0")
+        if np.any(np.isnan(self.valid_from)) or np.any(np.isnan(self.valid_until)):
+            raise InputError("catalog: validity times must not be NaN")
+
+    def check_categories(self, n_categories: int) -> None:
+        """Every category id names one of the taxonomy's ``n_categories``."""
+        idx = np.asarray(self.cat_indices)
+        if idx.size and (idx.min() < 0 or idx.max() >= n_categories):
+            raise InputError(
+                f"catalog: category ids must lie in [0, {n_categories}), got "
+                f"{int(idx.min())}..{int(idx.max())}"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -8,8 +8,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from localrank.server import cli as _server_cli
-
 __all__ = ["build_parser", "main"]
 
 
@@ -115,7 +113,9 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 #: Every module that contributes subcommands. Add a job by adding its register function.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_core,
-    _server_cli.register,
+    lambda sub: __import__("localrank.onnx_export").onnx_export.register_cli(sub),
+    lambda sub: __import__("localrank.evaluation.cli").evaluation.cli.register(sub),
+    lambda sub: __import__("localrank.server.cli").server.cli.register(sub),
 ]
 
 

@@ -11,6 +11,7 @@ adjust (:mod:`localrank.guardrails`) → score (the Rust kernel) → top-k + rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -24,11 +25,12 @@ from localrank._core import score_topk
 from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import PublicKeyLike, load_public_key
 from localrank.clock import Clock, SystemClock, resolve_now
-from localrank.errors import InputError, LocalrankError
+from localrank.errors import BundleError, InputError, LocalrankError
 from localrank.explain import Reason, sentence
 from localrank.geo import Location, region_of, round_location, validate_location
 from localrank.guardrails import (
     CONTEXT_FIT,
+    FATIGUE,
     NEAR,
     Guardrails,
     OfferGeometry,
@@ -58,6 +60,9 @@ RETENTION_S = 90 * 86400
 #: An event may be at most this far ahead of the engine's clock (clock skew between an app and
 #: the engine), never more.
 FUTURE_SKEW_S = 300
+#: The largest event strength: a weight relative to the default 1, never enough to swamp (or
+#: overflow) the profile.
+MAX_STRENGTH = 100.0
 OFFER_EVENTS = ("impression", "click", "purchase", "dismiss")
 ATTRIBUTES = ("age_band", "occupation", "region")
 
@@ -114,6 +119,23 @@ class EventRecord:
     category: str | None
     t: float
     strength: float
+    location: tuple[float, float] | None = None  # as stored: rounded to 0.01°
+
+    @classmethod
+    def _of(cls, row: Sequence[Any]) -> EventRecord:
+        """From ``id, kind, context, offer, category, t, strength, lat, lon``."""
+        lat, lon = row[7], row[8]
+        eid, kind, context, offer, category, t, strength = row[:7]
+        return cls(
+            eid,
+            kind,
+            context,
+            offer,
+            category,
+            t,
+            strength,
+            location=(lat, lon) if lat is not None else None,
+        )
 
 
 class Engine:
@@ -140,11 +162,15 @@ class Engine:
             lambda: self._settings,
             lambda t: self._segment_ids(t),
         )
-        stored = store.query("SELECT data FROM bundle WHERE id = 1")
+        stored = store.query("SELECT data, version FROM bundle WHERE id = 1")
+        self._stored_version: int | None = int(stored[0][1]) if stored else None
         if stored:
             # The stored bundle was verified when installed; verify again (the file may have
             # been tampered with) but allow an expired one to keep serving as the last good.
-            self._install(open_bundle(stored[0][0], self._public_key, now=-math.inf))
+            # One that no longer verifies (a new server key) is not used, but must not lock
+            # the user out of their store: load_bundle() installs a fresh one, no older.
+            with contextlib.suppress(BundleError):
+                self._install(open_bundle(stored[0][0], self._public_key, now=-math.inf))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -168,6 +194,11 @@ class Engine:
             clock: where time comes from when a call passes no ``now`` (default: wall clock).
             tuning: the engine's knobs.
         """
+        if clock is not None and not isinstance(clock, Clock):
+            raise InputError(f"clock: expected an object with now(), got {clock!r}")
+        if tuning is not None and not isinstance(tuning, Tuning):
+            raise InputError(f"tuning: expected a Tuning, got {tuning!r}")
+        public_key = load_public_key(public_key)
         engine = cls(Store(path), public_key, clock or SystemClock(), tuning or Tuning())
         if bundle is not None:
             engine.load_bundle(bundle)
@@ -201,8 +232,8 @@ class Engine:
             data = bytes(source)
         else:
             raise InputError(f"source: expected bytes or a path, got {type(source).__name__}")
-        t = resolve_now(now, self._clock)
-        current = self._bundle.version if self._bundle else None
+        t = self._now(now)
+        current = self._bundle.version if self._bundle else self._stored_version
         bundle = open_bundle(data, self._public_key, now=t, current_version=current)
         if self._bundle is not None and bundle.digest == self._bundle.digest:
             return self._bundle
@@ -220,12 +251,11 @@ class Engine:
         previous = self._bundle
         self._bundle = bundle
         self._geometry = OfferGeometry.of(bundle)
-        if (
-            previous is None
-            or previous.config.embedding_version != bundle.config.embedding_version
-            or previous.catalog.ids != bundle.catalog.ids
-        ):
-            self._profile = None  # u is rebuilt from the stored events in the new space
+        if previous is None or previous.digest != bundle.digest:
+            # The profile is built from the bundle: embeddings (a new embedding version), the
+            # offers, and the taxonomy with its sensitive marks. Rebuild it from the stored
+            # events whenever a different bundle is installed.
+            self._profile = None
 
     @property
     def bundle(self) -> Bundle:
@@ -258,9 +288,9 @@ class Engine:
         new = self.settings.with_changes(**changes)
         if "context_overrides" in changes:
             Policy.validate_overrides(new.context_overrides, self.bundle.config.contexts)
-        for c in new.sensitive_opt_ins:
-            if not self.bundle.taxonomy.is_sensitive(c):
-                tax = self.bundle.taxonomy
+        for c in new.sensitive_opt_ins if "sensitive_opt_ins" in changes else ():
+            tax = self.bundle.taxonomy
+            if c not in tax or not tax.is_sensitive(c):
                 options = [x for x in tax.names if tax.is_sensitive(x)]
                 raise InputError(
                     f"sensitive_opt_ins: {c!r} is not a sensitive category; "
@@ -315,7 +345,7 @@ class Engine:
             category: a taxonomy category, for events not about an offer (a view, an app use).
             location: ``(lat, lon)``, passed only when the OS granted it; stored rounded to
                 about 1 km. Required for ``visit``.
-            strength: a non-negative weight (default 1).
+            strength: a weight in [0, 100] (default 1).
             now: the event's time (default: the engine's clock); never in the future.
         """
         if kind not in EVENT_KINDS:
@@ -349,9 +379,11 @@ class Engine:
             not isinstance(strength, (int, float))
             or isinstance(strength, bool)
             or not math.isfinite(strength)
-            or strength < 0
+            or not 0 <= strength <= MAX_STRENGTH
         ):
-            raise InputError(f"strength: expected a finite number ≥ 0, got {strength!r}")
+            raise InputError(
+                f"strength: expected a number in [0, {MAX_STRENGTH:g}], got {strength!r}"
+            )
         with self._store.transaction() as db:
             cur = db.execute(
                 "INSERT INTO events (kind, context, offer, category, lat, lon, region, strength, "
@@ -477,26 +509,46 @@ class Engine:
         t = self._now(now)
         return self._segment(self._sync_profile(t), t)
 
-    def _segment(self, profile: Profile, t: float) -> SegmentInfo:
+    def _segment(self, profile: Profile, t: float, context: str | None = None) -> SegmentInfo:
+        """The segment the ``segments`` row allows (the one that may leave the device) or,
+        with ``context``, the one that may rank offers there: built only from signals both
+        rows allow, the region only where the context may use location (visits) or
+        demographics (the attribute). A game never ranks by a navigation app's visits."""
         b = self.bundle
         row = self.policy.allowed(SEGMENTS_ROW)
-        view = profile.view(row - {"region"})
+        signals = row - {"region"}
+        sources = {"location", "demographics"}
+        if context is not None:
+            allowed = self.policy.allowed(context)
+            signals &= allowed
+            sources &= allowed
+        view = profile.view(signals)
         top = [b.taxonomy.names[c] for c in view.interests[:2]]
-        region = self._region(t) if "region" in row else None
+        region = self._region(t, sources) if "region" in row else None
         finest = b.segments.finest(top, region)
         active = b.segments.active(finest, b.config.min_population)
         return SegmentInfo(finest, active, b.segments.paths[finest], b.segments.paths[active])
 
-    def _region(self, t: float) -> str | None:
-        """The region attribute if set, else the bundle region visited most (90 days)."""
+    def _region(self, t: float, sources: set[str]) -> str | None:
+        """The region attribute if set, else the bundle region visited most (90 days). Like
+        interests, visits count only once matured (the cool-down) and with enough of them in
+        a region (the evidence threshold), and never when they touch a sensitive category."""
         regions = self.bundle.config.regions
-        attr = self.attributes().get("region")
+        attr = self.attributes().get("region") if "demographics" in sources else None
         if attr in regions:
             return attr
+        if "location" not in sources:
+            return None
+        rules = self.tuning.rules
+        tax = self.bundle.taxonomy
+        sensitive = [c for c in tax.names if tax.is_sensitive(c)]
+        marks = ", ".join("?" * len(sensitive))
         rows = self._store.query(
-            "SELECT region, COUNT(*) AS n FROM events WHERE kind = 'visit' AND t > ? AND t <= ? "
-            "AND region IS NOT NULL GROUP BY region ORDER BY n DESC, region",
-            (t - RETENTION_S, t),
+            "SELECT e.region, COUNT(*) AS n FROM events e WHERE e.kind = 'visit' "
+            "AND e.t > ? AND e.t <= ? AND e.region IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+            f"event_categories ec WHERE ec.event_id = e.id AND ec.category IN ({marks})) "
+            "GROUP BY e.region HAVING n >= ? ORDER BY n DESC, e.region",
+            (t - RETENTION_S, t - rules.cooldown_s, *sensitive, rules.min_evidence),
         )
         return next((r for r, _ in rows if r in regions), None)
 
@@ -539,11 +591,12 @@ class Engine:
         level = s.level
         profile = self._sync_profile(t)
         view = profile.view(self.policy.allowed(context))
-        seg = self._segment(profile, t)
+        seg = self._segment(profile, t, context)
         C = len(b.taxonomy)
         opt = np.zeros(C, dtype=np.float32)
         for c in s.sensitive_opt_ins:
-            opt[b.taxonomy.index(c)] = 1.0
+            if c in b.taxonomy:  # an opt-in to a category a newer bundle dropped is moot
+                opt[b.taxonomy.index(c)] = 1.0
         g = Guardrails(
             now=t,
             context_id=ctx,
@@ -654,6 +707,7 @@ class Engine:
             Reason("popular", float(cat.bias[i])),
             Reason("near", near),
             Reason("context", float(CONTEXT_FIT) if self._geometry.targeted[i] else 0.0),
+            Reason("fatigue", -float(FATIGUE) * float(g.fatigue[i])),
         ]
         return Recommendation(
             offer_id=cat.ids[i],
@@ -686,23 +740,28 @@ class Engine:
     # -- transparency and control -------------------------------------------------------------
 
     def events(self, *, limit: int | None = None) -> list[EventRecord]:
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise InputError(f"limit: expected None or an integer ≥ 0, got {limit!r}")
         rows = self._store.query(
-            "SELECT id, kind, context, offer, category, t, strength FROM events ORDER BY id"
-            + (f" LIMIT {int(limit)}" if limit else "")
+            "SELECT id, kind, context, offer, category, t, strength, lat, lon FROM events "
+            "ORDER BY id" + (" LIMIT ?" if limit is not None else ""),
+            (limit,) if limit is not None else (),
         )
-        return [EventRecord(*r) for r in rows]
+        return [EventRecord._of(r) for r in rows]
 
     def why_interest(self, category: str, *, now: float | None = None) -> list[EventRecord]:
         """The stored events behind an interest in ``category`` (newest first)."""
         self.bundle.taxonomy.index(category)
         t = self._now(now)
         rows = self._store.query(
-            "SELECT e.id, e.kind, e.context, e.offer, e.category, e.t, e.strength "
+            "SELECT e.id, e.kind, e.context, e.offer, e.category, e.t, e.strength, e.lat, e.lon "
             "FROM events e JOIN event_categories ec ON ec.event_id = e.id "
             "WHERE ec.category = ? AND e.t <= ? ORDER BY e.t DESC, e.id DESC",
             (category, t),
         )
-        return [EventRecord(*r) for r in rows if EVENT_SIGNAL.get(r[1]) is not None]
+        return [EventRecord._of(r) for r in rows if EVENT_SIGNAL.get(r[1]) is not None]
 
     def interests(self, context: str, *, now: float | None = None) -> list[tuple[str, float]]:
         """The interests ``context`` may use, strongest first, as (category, weight)."""
@@ -749,22 +808,50 @@ class Engine:
         Deleted rows are zeroed (``secure_delete``), the WAL is checkpointed and truncated and
         the file vacuumed, so no byte of them remains in the database, WAL or shm files; the
         profile is rebuilt. Forgetting single events keeps what protects the user (memoised
-        responses, the privacy ledger). ``everything=True`` wipes all of it, settings included,
-        and starts the silent period during which nothing is sent.
+        responses, the privacy ledger) and drops any report made from them but not yet sent.
+        ``everything=True`` wipes all of it — events, attributes, opt-ins, consent, time zone,
+        memos, ledger, outbox — and starts the silent period during which nothing is sent. Only
+        the choices that ask to be left alone survive: the level, quiet hours and caps.
         """
+        if not isinstance(everything, bool):
+            raise InputError(f"everything: expected True or False, got {everything!r}")
         if everything == (event_ids is not None):
             raise InputError("event_ids: pass either event ids or everything=True, not both")
+        ids: list[int] = []
+        if event_ids is not None:
+            if isinstance(event_ids, (str, bytes)) or not isinstance(
+                event_ids, (Sequence, set, frozenset)
+            ):
+                raise InputError(f"event_ids: expected a list of event ids, got {event_ids!r}")
+            for i in event_ids:
+                if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+                    raise InputError(f"event_ids: expected integer event ids, got {i!r}")
+                ids.append(int(i))
         t = self._now(now)
         with self._store.transaction() as db:
             if everything:
+                kept = self._read_settings()
                 n = db.execute("DELETE FROM events").rowcount
-                for tbl in ("attributes", "snoozes", "settings"):
+                for tbl in ("attributes", "snoozes"):
                     db.execute(f"DELETE FROM {tbl}")
+                # the generation survives, so that other processes see the wipe
+                db.execute("DELETE FROM settings WHERE key != 'generation'")
+                calm = Settings(
+                    level=kept.level,
+                    quiet_hours=kept.quiet_hours,
+                    daily_cap=kept.daily_cap,
+                    offer_cap=kept.offer_cap,
+                )
+                if calm != Settings():
+                    db.execute(
+                        "INSERT INTO settings (key, value) VALUES ('settings', ?)",
+                        (calm.to_json(),),
+                    )
                 self._forget_reports(db, t)
             else:
-                ids = [int(i) for i in event_ids or ()]
                 n = 0
                 for i in ids:
+                    self._reporter.forget_event(db, i)
                     n += db.execute("DELETE FROM events WHERE id = ?", (i,)).rowcount
             self._bump_generation(db)
         self._store.scrub()
@@ -790,6 +877,11 @@ class Engine:
         """Every report that left the device: when, where to, its size and its ε (and, with
         ``include_pending``, the ones still queued)."""
         return self._reporter.outbox.sent(include_pending=include_pending)
+
+    def report_backlog(self, *, now: float | None = None) -> int:
+        """How many events that have happened by ``now`` wait for an engagement report."""
+        t = self._now(now)
+        return int(self._store.query("SELECT COUNT(*) FROM pending WHERE t <= ?", (t,))[0][0])
 
     def take_batch(self, *, now: float | None = None) -> OutboxBatch | None:
         """Make this epoch's due reports (within ``L`` and the budgets) and hand out the next

@@ -1,8 +1,9 @@
 """Why an offer was shown: machine-readable reasons and one human sentence.
 
-Reasons are the score's own terms, so they are honest by construction: ``interest``
-(w_dot·u·E), ``segment`` (w_prior·prior), ``popular`` (the offer's bias), ``near`` (distance
-decay), ``context`` (meant for this kind of app). The sentence names at most two *kinds* of
+Reasons are the score's own terms, so they are honest by construction and sum to the score:
+``interest`` (w_dot·u·E), ``segment`` (w_prior·prior), ``popular`` (the offer's bias),
+``near`` (distance decay), ``context`` (meant for this kind of app) and ``fatigue`` (negative:
+recent impressions). The sentence names at most two *kinds* of
 reason ("Near you", "Popular with people who like Sci-Fi") and never the person, a time, a
 place or any precise inferred fact.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 __all__ = ["REASON_KINDS", "Reason", "sentence"]
 
-REASON_KINDS = ("interest", "segment", "popular", "near", "context")
+REASON_KINDS = ("interest", "segment", "popular", "near", "context", "fatigue")
 
 
 @dataclass(frozen=True)

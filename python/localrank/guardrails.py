@@ -64,6 +64,16 @@ class OfferGeometry:
 
     @classmethod
     def of(cls, bundle: Bundle) -> OfferGeometry:
+        """The geometry of a bundle's catalog (computed once per bundle digest)."""
+        cached = _GEOMETRY.get(bundle.digest)
+        if cached is None:
+            cached = _GEOMETRY[bundle.digest] = cls._compute(bundle)
+            while len(_GEOMETRY) > 8:
+                del _GEOMETRY[next(iter(_GEOMETRY))]
+        return cached
+
+    @classmethod
+    def _compute(cls, bundle: Bundle) -> OfferGeometry:
         cat = bundle.catalog
         n, C = len(cat), len(bundle.taxonomy)
         local = cat.local
@@ -92,6 +102,9 @@ class OfferGeometry:
         dy = (la - self.lat) * KM_PER_DEGREE
         dx = ((lo - self.lon) * KM_PER_DEGREE) * self.cos_lat
         return dy * dy + dx * dx
+
+
+_GEOMETRY: dict[str, OfferGeometry] = {}
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ EVENT_WEIGHT = {
 }
 
 
+_CENTROIDS: dict[str, np.ndarray] = {}
+
+
 @dataclass(frozen=True)
 class ProfileRules:
     cooldown_s: float = 30 * 60
@@ -89,16 +92,23 @@ class Profile:
 
     def _category_centroids(self) -> np.ndarray:
         """The mean embedding of each category's offers: the vector a category-only event
-        (an app use, a category view) contributes."""
+        (an app use, a category view) contributes. Computed once per bundle."""
+        cached = _CENTROIDS.get(self.bundle.digest)
+        if cached is not None:
+            return cached
         cat = self.bundle.catalog
-        C, d = len(self.bundle.taxonomy), cat.d
-        sums = np.zeros((C, d))
-        counts = np.zeros(C)
-        for i in range(len(cat)):
-            for c in cat.categories_of(i):
-                sums[c] += cat.embeddings[i]
-                counts[c] += 1
-        return sums / np.maximum(counts, 1)[:, None]
+        C = len(self.bundle.taxonomy)
+        counts = np.diff(cat.cat_indptr)
+        rows = np.repeat(np.arange(len(cat)), counts)
+        sums = np.zeros((C, cat.d))
+        np.add.at(sums, cat.cat_indices, cat.embeddings[rows].astype(np.float64))
+        per = np.bincount(cat.cat_indices, minlength=C).astype(np.float64)
+        centroids = sums / np.maximum(per, 1)[:, None]
+        centroids.setflags(write=False)
+        _CENTROIDS[self.bundle.digest] = centroids
+        while len(_CENTROIDS) > 8:
+            del _CENTROIDS[next(iter(_CENTROIDS))]
+        return centroids
 
     # -- folding ---------------------------------------------------------------------------
 

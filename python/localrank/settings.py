@@ -49,12 +49,16 @@ class Settings:
             if (
                 not isinstance(qh, (tuple, list))
                 or len(qh) != 2
-                or not all(isinstance(h, int) and 0 <= h <= 23 for h in qh)
+                or not all(
+                    isinstance(h, int) and not isinstance(h, bool) and 0 <= h <= 23 for h in qh
+                )
             ):
                 raise InputError(
                     f"quiet_hours: expected None or (start_hour, end_hour) in 0..23, got {qh!r}"
                 )
         try:
+            if not isinstance(self.timezone, str):
+                raise ValueError(self.timezone)
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise InputError(
@@ -88,12 +92,26 @@ class Settings:
                 f"expected some of {sorted(self.__dataclass_fields__)}"
             )
         if "quiet_hours" in changes and changes["quiet_hours"] is not None:
-            changes["quiet_hours"] = tuple(changes["quiet_hours"])
+            qh = changes["quiet_hours"]
+            if not isinstance(qh, (tuple, list)):
+                raise InputError(
+                    f"quiet_hours: expected None or (start_hour, end_hour) in 0..23, got {qh!r}"
+                )
+            changes["quiet_hours"] = tuple(qh)
         if "sensitive_opt_ins" in changes:
-            changes["sensitive_opt_ins"] = tuple(sorted(set(changes["sensitive_opt_ins"])))
+            changes["sensitive_opt_ins"] = tuple(
+                sorted(set(_names(changes["sensitive_opt_ins"], "sensitive_opt_ins")))
+            )
         if "context_overrides" in changes:
+            overrides = changes["context_overrides"]
+            if not isinstance(overrides, Mapping):
+                raise InputError(
+                    "context_overrides: expected a mapping of context to signal names, "
+                    f"got {overrides!r}"
+                )
             changes["context_overrides"] = {
-                k: tuple(sorted(v)) for k, v in dict(changes["context_overrides"]).items()
+                k: tuple(sorted(set(_names(v, f"context_overrides[{k!r}]"))))
+                for k, v in overrides.items()
             }
         return replace(self, **changes).validated()
 
@@ -112,3 +130,12 @@ class Settings:
             k: tuple(v) for k, v in data.get("context_overrides", {}).items()
         }
         return cls(**data)
+
+
+def _names(value: object, arg: str) -> list[str]:
+    """A list, tuple or set of strings (a lone string is refused, not split into letters)."""
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(v, str) for v in value
+    ):
+        raise InputError(f"{arg}: expected a list of names, got {value!r}")
+    return list(value)

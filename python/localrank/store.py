@@ -104,6 +104,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN region TEXT;
     CREATE INDEX events_region ON events(kind, region, t);
     """,
+    # 4: which event an engagement report came from, so forgetting the event drops the report
+    #    if it has not left yet
+    """
+    ALTER TABLE outbox ADD COLUMN event_id INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -118,6 +123,12 @@ class Store:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as e:
+            raise StoreError(f"store: cannot open {self.path}: {e}") from e
+        try:
+            # Look before writing anything: a file that is not a usable store is refused
+            # exactly as it was found.
+            self._check()
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("PRAGMA secure_delete = ON")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -127,23 +138,45 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"store: {self.path}: cannot enable WAL mode (got {mode})")
             self._migrate()
-            ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise StoreError(f"store: {self.path} is corrupt: {ok}")
         except sqlite3.DatabaseError as e:
+            self._db.close()
             raise StoreError(
                 f"store: {self.path} is not a usable localrank store ({e}); it was left "
                 "untouched — move it aside to start afresh"
             ) from e
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check(self) -> None:
+        """Refuse, without writing, a file of a newer schema, another application's
+        database, or a damaged one."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        self._refuse_newer(version)
+        if version == 0:
+            tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise StoreError(
+                    f"store: {self.path} is not a localrank store: it is an SQLite database "
+                    f"of something else ({tables} schema objects, no localrank schema "
+                    "version); it was left untouched"
+                )
+        ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if ok != "ok":
+            raise StoreError(f"store: {self.path} is corrupt: {ok}; it was left untouched")
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store: {self.path} has schema version {version}, newer than this "
+                f"localrank's {SCHEMA_VERSION}; upgrade localrank to open it (the file was "
+                "left untouched)"
+            )
 
     def _migrate(self) -> None:
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store: {self.path} has schema version {version}, newer than this "
-                    f"localrank's {SCHEMA_VERSION}; upgrade localrank to open it"
-                )
+            self._refuse_newer(version)  # another process may have upgraded it meanwhile
             for v in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[v].split(";"):
                     if statement.strip():

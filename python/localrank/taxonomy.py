@@ -74,7 +74,7 @@ class Taxonomy:
         """The id of a category, or an InputError naming ``category``."""
         try:
             return self._index[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise InputError(
                 f"category: expected one of the taxonomy's categories, got {name!r}"
             ) from None
@@ -88,7 +88,7 @@ class Taxonomy:
         return cached
 
     def __contains__(self, name: object) -> bool:
-        return name in self._index
+        return isinstance(name, str) and name in self._index
 
     def __getitem__(self, i: int) -> Category:
         return self.categories[i]

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -160,6 +161,7 @@ def _zip(files: Mapping[str, bytes]) -> bytes:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.external_attr = 0o644 << 16
+            info.create_system = 3  # Unix everywhere: Windows would otherwise record 0
             zf.writestr(info, files[name])
     return buf.getvalue()
 
@@ -185,6 +187,7 @@ def build_bundle(
         raise InputError(f"expires: expected a time after created ({created}), got {expires}")
     if catalog.d != config.d:
         raise InputError(f"catalog: embeddings have d = {catalog.d}, config says {config.d}")
+    catalog.check_categories(len(taxonomy))
     segments = build_segments(taxonomy, config.regions, config.segment_depth)
     if populations is not None:
         segments = segments.with_populations(populations)
@@ -236,11 +239,45 @@ def open_bundle(
 ) -> Bundle:
     """Verify and parse a bundle. Refuses, with a :class:`~localrank.errors.BundleError`
     subclass, a file that is not a bundle or of an unknown format, truncated, unsigned, badly
-    signed, expired at ``now``, or older than ``current_version`` (rollback)."""
+    signed, expired at ``now``, or older than ``current_version`` (rollback).
+
+    The signature is checked on every call; parsing is shared between calls that open the same
+    verified bytes (many engines in one process, as in the evaluation), and the parsed arrays
+    are read-only."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"bundle: expected bytes, got {type(data).__name__}")
     data = bytes(data)
     payload = unseal(data, load_public_key(public_key))
+    bundle = _parse(hashlib.sha256(data).hexdigest(), payload)
+    if now >= bundle.expires:
+        raise BundleExpiredError(
+            f"bundle: expired: version {bundle.version} expired at {bundle.expires:.0f}, "
+            f"now is {now:.0f}"
+        )
+    if current_version is not None and bundle.version < current_version:
+        raise BundleRollbackError(
+            f"bundle: rollback refused: version {bundle.version} is older than the installed "
+            f"version {current_version}"
+        )
+    return bundle
+
+
+_PARSED: OrderedDict[str, Bundle] = OrderedDict()
+_PARSED_MAX = 8
+
+
+def _parse(digest: str, payload: bytes) -> Bundle:
+    """Parse a verified payload, reusing the result for the same bytes (keyed by digest)."""
+    bundle = _PARSED.get(digest)
+    if bundle is None:
+        bundle = _parse_payload(digest, payload)
+        _PARSED[digest] = bundle
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return bundle
+
+
+def _parse_payload(digest: str, payload: bytes) -> Bundle:
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as zf:
             manifest = json.loads(zf.read("manifest.json"))
@@ -253,17 +290,10 @@ def open_bundle(
         raise BundleFormatError(f"bundle: signed but malformed payload: {e}") from e
     if manifest.get("format") != FORMAT_VERSION:
         raise BundleFormatError(f"bundle: unknown manifest format {manifest.get('format')!r}")
+    for array in arrays.values():
+        array.setflags(write=False)
     version = manifest["version"]
     expires = float(manifest["expires"])
-    if now >= expires:
-        raise BundleExpiredError(
-            f"bundle: expired: version {version} expired at {expires:.0f}, now is {now:.0f}"
-        )
-    if current_version is not None and version < current_version:
-        raise BundleRollbackError(
-            f"bundle: rollback refused: version {version} is older than the installed "
-            f"version {current_version}"
-        )
     try:
         config = BundleConfig.from_json(manifest["config"])
         taxonomy = Taxonomy.from_json(manifest["taxonomy"])
@@ -273,6 +303,9 @@ def open_bundle(
             raise BundleFormatError("bundle: segment table differs from the deterministic builder")
         segments = segments.with_populations(arrays["segment_populations"])
         priors = np.ascontiguousarray(arrays["priors"], dtype=np.float32)
+        catalog.check_categories(len(taxonomy))
+        if not np.all(np.isfinite(priors)):
+            raise InputError("priors: expected finite values")
     except InputError as e:
         raise BundleFormatError(f"bundle: invalid contents: {e}") from e
     except KeyError as e:
@@ -288,6 +321,6 @@ def open_bundle(
         segments=segments,
         catalog=catalog,
         priors=priors,
-        digest=hashlib.sha256(data).hexdigest(),
+        digest=digest,
         extras={k: v for k, v in arrays.items() if k.startswith("extra_")},
     )

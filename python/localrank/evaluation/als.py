@@ -37,9 +37,13 @@ def als_rankings(split: Split, params: AlsParams, k: int = 10, seed: int = 0) ->
     from implicit.cpu.als import AlternatingLeastSquares
 
     X = _matrix(split)
-    model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization,
-                                    alpha=params.alpha, iterations=params.iterations,
-                                    random_state=seed)
+    model = AlternatingLeastSquares(
+        factors=params.factors,
+        regularization=params.regularization,
+        alpha=params.alpha,
+        iterations=params.iterations,
+        random_state=seed,
+    )
     model.fit(X, show_progress=False)
     scores = np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
     scores[X.nonzero()] = -np.inf
@@ -56,12 +60,14 @@ def tune_als(split: Split, budget: int, seed: int = 0) -> tuple[AlsParams, Quali
     best: tuple[AlsParams, Quality] | None = None
     grid = [AlsParams()]
     while len(grid) < budget:
-        grid.append(AlsParams(
-            factors=int(rng.choice([8, 16, 32, 64, 128])),
-            regularization=float(10 ** rng.uniform(-3, 0)),
-            alpha=float(10 ** rng.uniform(0, 1.7)),
-            iterations=int(rng.choice([10, 15, 25])),
-        ))
+        grid.append(
+            AlsParams(
+                factors=int(rng.choice([8, 16, 32, 64, 128])),
+                regularization=float(10 ** rng.uniform(-3, 0)),
+                alpha=float(10 ** rng.uniform(0, 1.7)),
+                iterations=int(rng.choice([10, 15, 25])),
+            )
+        )
     for params in grid[:budget]:
         q = quality(als_rankings(val, params, seed=seed), relevant, val.n_items)
         if best is None or q.ndcg > best[1].ndcg:

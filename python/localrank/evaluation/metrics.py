@@ -18,8 +18,12 @@ class Quality:
     users: int
 
     def as_dict(self) -> dict[str, float]:
-        return {"ndcg@10": self.ndcg, "hr@10": self.hr, "coverage": self.coverage,
-                "users": self.users}
+        return {
+            "ndcg@10": self.ndcg,
+            "hr@10": self.hr,
+            "coverage": self.coverage,
+            "users": self.users,
+        }
 
 
 def quality(

@@ -33,18 +33,33 @@ class Split:
 
     def carve_validation(self, share: float = 0.2) -> Split:
         """The training part split again the same way: train′ and validation (as ``test``)."""
-        return _split_rows(self.train, self.user, self.item, self.timestamp, share,
-                           self.n_users, self.n_items)
+        return _split_rows(
+            self.train, self.user, self.item, self.timestamp, share, self.n_users, self.n_items
+        )
 
     def subsample_users(self, users: np.ndarray) -> Split:
         keep = np.zeros(self.n_users, dtype=bool)
         keep[users] = True
-        return Split(self.train[keep[self.user[self.train]]], self.test[keep[self.user[self.test]]],
-                     self.n_users, self.n_items, self.user, self.item, self.timestamp)
+        return Split(
+            self.train[keep[self.user[self.train]]],
+            self.test[keep[self.user[self.test]]],
+            self.n_users,
+            self.n_items,
+            self.user,
+            self.item,
+            self.timestamp,
+        )
 
 
-def _split_rows(rows: np.ndarray, user: np.ndarray, item: np.ndarray, ts: np.ndarray,
-                share: float, n_users: int, n_items: int) -> Split:
+def _split_rows(
+    rows: np.ndarray,
+    user: np.ndarray,
+    item: np.ndarray,
+    ts: np.ndarray,
+    share: float,
+    n_users: int,
+    n_items: int,
+) -> Split:
     order = rows[np.lexsort((item[rows], ts[rows], user[rows]))]
     train, test = [], []
     bounds = np.flatnonzero(np.diff(user[order])) + 1
@@ -62,5 +77,6 @@ def temporal_split(data: MovieLens100K, share: float = 0.2) -> Split:
     user = data.ratings.user.astype(np.int64) - 1
     item = data.ratings.item.astype(np.int64) - 1
     ts = data.ratings.timestamp.astype(np.int64)
-    return _split_rows(np.arange(len(user)), user, item, ts, share, len(data.users),
-                       len(data.items))
+    return _split_rows(
+        np.arange(len(user)), user, item, ts, share, len(data.users), len(data.items)
+    )

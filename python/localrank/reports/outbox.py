@@ -59,10 +59,12 @@ class Outbox:
         self._store = store
 
     @staticmethod
-    def queue(db: Any, report: dict[str, Any], *, epsilon: float, now: float) -> None:
+    def queue(
+        db: Any, report: dict[str, Any], *, epsilon: float, now: float, event_id: int | None
+    ) -> None:
         db.execute(
-            "INSERT INTO outbox (nonce, kind, epoch, payload, epsilon, queued_at, shuffle) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (nonce, kind, epoch, payload, epsilon, queued_at, shuffle, "
+            "event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 report["nonce"],
                 report["kind"],
@@ -71,6 +73,7 @@ class Outbox:
                 epsilon,
                 now,
                 secrets.randbits(62),
+                event_id,
             ),
         )
 

@@ -96,6 +96,11 @@ class Reporter:
         db.execute("DELETE FROM pending")
         db.execute("DELETE FROM outbox WHERE sent_at IS NULL")
 
+    def forget_event(self, db: Any, event_id: int) -> None:
+        """An event is being forgotten: a report made from it that has not left yet never will
+        (its ε stays spent in the ledger)."""
+        db.execute("DELETE FROM outbox WHERE event_id = ? AND sent_at IS NULL", (event_id,))
+
     def forget_everything(self, db: Any, now: float) -> None:
         """Wipe memos, ledger, outbox and queue, and start the silent period: a fresh memo
         must not be averaged against the old one, and the silent period outlasts the 30-day
@@ -175,7 +180,7 @@ class Reporter:
                         epsilon_perm=c.epsilon_perm,
                         value=value,
                     )
-                    self._queue(db, r, c.epsilon, now, "census of the finest segment")
+                    self._queue(db, r, c.epsilon, now, "census of the finest segment", None)
                 else:
                     stopped.append(f"census: {why}")
             made = db.execute(
@@ -231,15 +236,21 @@ class Reporter:
                     else f"engagement in central mode: k-anonymous segment, server noise "
                     f"ε = {c.central_epsilon:g}"
                 )
-                self._queue(db, r, spend, now, note)
+                self._queue(db, r, spend, now, note, event_id)
                 db.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
                 made += 1
         return stopped
 
     def _queue(
-        self, db: Any, report: dict[str, Any], epsilon: float, now: float, note: str
+        self,
+        db: Any,
+        report: dict[str, Any],
+        epsilon: float,
+        now: float,
+        note: str,
+        event_id: int | None,
     ) -> None:
-        Outbox.queue(db, report, epsilon=epsilon, now=now)
+        Outbox.queue(db, report, epsilon=epsilon, now=now, event_id=event_id)
         Accountant.record(
             db, t=now, kind="report", epsilon=epsilon, report=report["nonce"], note=note
         )
