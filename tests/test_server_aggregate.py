@@ -408,3 +408,26 @@ def test_in_process_use_without_http(tmp_path: Path, clock: FixedClock) -> None:
     assert result.folded == [e0] and result.published == 2
     assert open_bundle(state.bundle()[1], PUBLIC_KEY, now=clock.now()).version == 2
     state.storage.close()
+
+
+def test_the_no_noise_reference_keeps_exact_counts() -> None:
+    """``AggregationSettings(noise=False)`` exists for the evaluation's k-anonymity-only
+    reference: the fold then stores exact counts, and the estimates carry no noise variance."""
+    epoch = 20000
+    central = config_key("central", "none", None, None)
+    rows = [
+        ReportRow(
+            f"{i:032x}", epoch, "engagement", central, BOOKS, None, B.catalog.ids[i % 3], "click"
+        )
+        for i in range(30)
+    ]
+    (row,) = fold_reports(rows, epoch=epoch, d_seg=D, parents=SEGS.parents, offers=B.catalog.ids,
+                          tracked=np.array([0, BOOKS]), central_epsilon=1.0, report_limit=3,
+                          noise=False)  # fmt: skip
+    s = decode_sum(row)
+    assert isinstance(s, EngagementSums)
+    assert s.values.sum() == 30 and s.values[0, 1, 1] == 10 and np.count_nonzero(s.values) == 3
+    eng = engagement(
+        [s], offers=B.catalog.ids, d_seg=D, central_epsilon=1.0, report_limit=3, noise=False
+    )
+    assert np.all(eng.popularity_variance == 0) and eng.popularity[:3].tolist() == [10, 10, 10]

@@ -61,6 +61,9 @@ class AggregationSettings:
     popularity_weight: float = 0.2
     embedding_max_weight: float = 0.5
     embedding_confidence: float = 20.0
+    #: False only for the evaluation's no-noise reference (k-anonymity alone). A server never
+    #: sets it: ``localrank serve`` and ``aggregate`` have no flag for it.
+    noise: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -158,6 +161,7 @@ class Aggregator:
                 tracked=tracked,
                 central_epsilon=cfg.central_epsilon,
                 report_limit=cfg.report_limit,
+                noise=s.noise,
             )
             if self.storage.fold(epoch, sums, t, delete_raw=s.raw_retention_epochs == 0):
                 folded.append(epoch)
@@ -198,6 +202,7 @@ class Aggregator:
             parents=segs.parents,
             min_population=cfg.min_population,
             central_epsilon=cfg.central_epsilon,
+            noise=s.noise,
         )
         catalog = bundle.catalog
         eng = engagement(
@@ -206,6 +211,7 @@ class Aggregator:
             d_seg=segs.d_seg,
             central_epsilon=cfg.central_epsilon,
             report_limit=cfg.report_limit,
+            noise=s.noise,
         )
         published = pops.published if census else segs.populations
         priors = category_priors(

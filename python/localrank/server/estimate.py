@@ -97,6 +97,7 @@ def populations(
     parents: np.ndarray,
     min_population: int,
     central_epsilon: float,
+    noise: bool = True,
 ) -> Populations:
     """Population estimates of every segment's subtree, and which are published."""
     d = parents.size
@@ -105,7 +106,7 @@ def populations(
     est = np.zeros(d)
     var = np.zeros(d)
     reports = 0
-    noise_var = discrete_laplace_variance(central_epsilon, 1)
+    noise_var = discrete_laplace_variance(central_epsilon, 1) if noise else 0.0
     for c in census:
         _, oracle, eps, perm = parse_config(c.config)
         assert eps is not None
@@ -156,6 +157,7 @@ def engagement(
     d_seg: int,
     central_epsilon: float,
     report_limit: int,
+    noise: bool = True,
 ) -> Engagement:
     """Sum the engagement estimates of every partial sum onto the current catalog's offers and
     the union of the tracked segments."""
@@ -168,7 +170,7 @@ def engagement(
     popularity = np.zeros(len(offers))
     popularity_var = np.zeros(len(offers))
     reports = 0
-    noise_var = discrete_laplace_variance(central_epsilon, report_limit)
+    noise_var = discrete_laplace_variance(central_epsilon, report_limit) if noise else 0.0
     for s in sums:
         mode, oracle, eps, perm = parse_config(s.config)
         rows_here = np.array([row.get(o, -1) for o in s.offers])

@@ -113,7 +113,9 @@ def _supports(
     return out
 
 
-def _noised(counts: np.ndarray, epsilon: float, sensitivity: int) -> np.ndarray:
+def _noised(counts: np.ndarray, epsilon: float | None, sensitivity: int) -> np.ndarray:
+    if epsilon is None:  # the evaluation's no-noise reference
+        return counts.astype(np.int64)
     noisy: np.ndarray = discrete_laplace(counts.astype(np.int64), Fraction(epsilon), sensitivity)
     return noisy
 
@@ -129,6 +131,7 @@ def fold_reports(
     central_epsilon: float,
     report_limit: int,
     part: str = "all",
+    noise: bool = True,
 ) -> list[SumRow]:
     """The partial sums of one epoch's raw reports, noised as the module docstring says.
 
@@ -143,6 +146,8 @@ def fold_reports(
         central_epsilon: the bundle's central ε.
         report_limit: ``L``, the sensitivity of engagement counts.
         part: the name of this partial sum (a shard, a worker).
+        noise: False only for the evaluation's no-noise reference (k-anonymity alone); a
+            server never turns it off.
 
     Raises:
         InputError: naming the argument.
@@ -152,6 +157,7 @@ def fold_reports(
         raise InputError(f"tracked: expected segment ids in [0, {d_seg}) including the root 0")
     if report_limit < 1:
         raise InputError(f"report_limit: expected ≥ 1, got {report_limit}")
+    eps: float | None = central_epsilon if noise else None
     offer_index = {o: i for i, o in enumerate(offers)}
     col = {int(s): i for i, s in enumerate(tracked)}
     groups: dict[tuple[str, str], list[ReportRow]] = {}
@@ -170,7 +176,7 @@ def fold_reports(
                 every,
             )
             support = ind.sum(axis=0, dtype=np.int64)
-            n_census = int(_noised(np.array([len(group)]), central_epsilon, 1)[0])
+            n_census = int(_noised(np.array([len(group)]), eps, 1)[0])
             out.append(SumRow(epoch, config, kind, part, n_census, _blob(support=support)))
             continue
         known = [r for r in group if r.offer in offer_index and r.event in _EVENT_INDEX]
@@ -185,7 +191,7 @@ def fold_reports(
                 dtype=np.int64,
             )
             np.add.at(values, (oi, ei, seg_cols), 1)
-            values = _noised(values, central_epsilon, report_limit)
+            values = _noised(values, eps, report_limit)
         else:
             ind = _supports(
                 oracle,
@@ -196,7 +202,7 @@ def fold_reports(
             )
             np.add.at(values, (oi, ei), ind.astype(np.int64))
             np.add.at(n, (oi, ei), 1)
-            n = _noised(n, central_epsilon, report_limit)
+            n = _noised(n, eps, report_limit)
         blob = _blob(
             offers=np.array(list(offers), dtype=np.str_),
             segments=tracked,
