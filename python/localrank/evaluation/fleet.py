@@ -147,8 +147,8 @@ def run_reports(
     bundle when one was published, and makes and sends its due reports — only events that have
     happened by then can be reported, under the bundle's L and budgets. A device with nothing
     waiting syncs once a week (the census cadence). The server publishes every
-    ``publish_every_days`` (before that day's syncs) and once more at the end. After the training period the run stops
-    as soon as every backlog is drained."""
+    ``publish_every_days`` (before that day's syncs) and once more at the end. After the
+    training period the run stops as soon as every backlog is drained."""
     start = float(np.floor(first_day / SECONDS_PER_DAY) * SECONDS_PER_DAY)
     days_training = int(np.ceil((last_day - start) / SECONDS_PER_DAY)) + 1
     total_days = days_training + cap_days
