@@ -376,7 +376,11 @@ class Catalog:
         """The catalog as named arrays for the bundle (``offer_*``)."""
         out = {f"offer_{name}": getattr(self, name) for name in self.ARRAYS}
         out["offer_ids"] = np.array(self.ids, dtype=np.str_)
-        out["offer_titles"] = np.array(self.titles, dtype=np.str_)
+        # Titles are long: UTF-8 JSON bytes, not numpy's four bytes per character.
+        out["offer_titles"] = np.frombuffer(
+            json.dumps(list(self.titles), ensure_ascii=False, separators=(",", ":")).encode(),
+            dtype=np.uint8,
+        )
         return out
 
     @classmethod
@@ -384,7 +388,14 @@ class Catalog:
         try:
             fields = {name: arrays[f"offer_{name}"] for name in cls.ARRAYS}
             ids = tuple(str(x) for x in arrays["offer_ids"].tolist())
-            titles = tuple(str(x) for x in arrays["offer_titles"].tolist())
+            raw = arrays["offer_titles"]
+            if raw.dtype != np.uint8:
+                raise InputError("offer_titles: expected UTF-8 JSON bytes")
+            titles = tuple(json.loads(raw.tobytes().decode()))
         except KeyError as e:
             raise InputError(f"bundle: missing catalog array {e}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"offer_titles: not a JSON list of strings: {e}") from None
+        if len(titles) != len(ids) or not all(isinstance(t, str) for t in titles):
+            raise InputError(f"offer_titles: expected {len(ids)} strings")
         return cls(ids=ids, titles=titles, **fields)

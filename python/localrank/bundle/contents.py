@@ -149,6 +149,10 @@ class Bundle:
 # Building
 
 
+def _paths_digest(paths: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
@@ -201,7 +205,6 @@ def build_bundle(
         raise InputError("priors: expected finite values")
     arrays: dict[str, np.ndarray] = {
         **catalog.to_arrays(),
-        "segment_paths": np.array(segments.paths, dtype=np.str_),
         "segment_parents": segments.parents,
         "segment_populations": segments.populations,
         "priors": priors,
@@ -217,6 +220,9 @@ def build_bundle(
         "expires": expires,
         "config": config.to_json(),
         "taxonomy": taxonomy.to_json(),
+        # The segment table is rebuilt on the device by the one deterministic builder; the
+        # digest proves both sides enumerate the same paths.
+        "segments_sha256": _paths_digest(segments.paths),
         "arrays": {
             name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in arrays.items()
         },
@@ -299,7 +305,7 @@ def _parse_payload(digest: str, payload: bytes) -> Bundle:
         taxonomy = Taxonomy.from_json(manifest["taxonomy"])
         catalog = Catalog.from_arrays(arrays)
         segments = build_segments(taxonomy, config.regions, config.segment_depth)
-        if tuple(str(p) for p in arrays["segment_paths"].tolist()) != segments.paths:
+        if manifest.get("segments_sha256") != _paths_digest(segments.paths):
             raise BundleFormatError("bundle: segment table differs from the deterministic builder")
         segments = segments.with_populations(arrays["segment_populations"])
         priors = np.ascontiguousarray(arrays["priors"], dtype=np.float32)

@@ -55,7 +55,7 @@ def tune_als(split: Split, budget: int, seed: int = 0) -> tuple[AlsParams, Quali
     """Random search over ALS's knobs on the validation carved from ``split``'s training part;
     ``budget`` configurations, the same budget localrank's knobs get."""
     val = split.carve_validation()
-    relevant = val.held_out("test")
+    relevant = val.items("test")
     rng = np.random.default_rng(seed)
     best: tuple[AlsParams, Quality] | None = None
     grid = [AlsParams()]

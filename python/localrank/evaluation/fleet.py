@@ -21,8 +21,8 @@ from typing import Protocol
 import numpy as np
 
 from localrank.clock import SECONDS_PER_DAY, FixedClock
-from localrank.errors import BundleError
 from localrank.engine import Engine, Tuning
+from localrank.errors import BundleError
 from localrank.evaluation.catalog import CONTEXT, age_band, offer_id, region_of_user
 from localrank.evaluation.split import Split
 from localrank.movielens import MovieLens100K
@@ -147,8 +147,8 @@ def run_reports(
     bundle when one was published, and makes and sends its due reports — only events that have
     happened by then can be reported, under the bundle's L and budgets. A device with nothing
     waiting syncs once a week (the census cadence). The server publishes every
-    ``publish_every_days`` (before that day's syncs) and once more at the end. After the training period the run stops
-    as soon as every backlog is drained."""
+    ``publish_every_days`` (before that day's syncs) and once more at the end. After the
+    training period the run stops as soon as every backlog is drained."""
     start = float(np.floor(first_day / SECONDS_PER_DAY) * SECONDS_PER_DAY)
     days_training = int(np.ceil((last_day - start) / SECONDS_PER_DAY)) + 1
     total_days = days_training + cap_days
@@ -237,13 +237,18 @@ def recommend_all(
     levels: Sequence[str],
     tunings: Sequence[Tuning],
     *,
+    seen: Sequence[set[int]],
     k: int = 10,
     progress: Callable[[], None] | None = None,
 ) -> dict[tuple[str, int], list[list[int]]]:
-    """Each device loads ``bundle`` and ranks its unseen movies at its ranking time, at each
-    personalisation level and with each engine tuning (which may differ in ``w_dot`` and
-    ``w_prior`` only); returns 0-based item rankings keyed by (level, tuning index), in fleet
-    order."""
+    """Each device loads ``bundle`` and ranks at its ranking time, at each personalisation
+    level and with each engine tuning (which may differ in ``w_dot`` and ``w_prior`` only).
+
+    As for the centralised reference, movies the user already rated (``seen``, indexed by user)
+    are not candidates: the device is asked for ``k`` more than it has seen and those are
+    dropped. (The device itself forgets purchases after its 90-day retention, so it cannot be
+    the one to exclude them.) Returns 0-based item rankings keyed by (level, tuning index), in
+    fleet order."""
     out: dict[tuple[str, int], list[list[int]]] = {
         (level, j): [] for level in levels for j in range(len(tunings))
     }
@@ -256,14 +261,16 @@ def recommend_all(
             clock=FixedClock(now),
             tuning=tunings[0],
         )
+        known = seen[d.user]
         try:
             for j, tuning in enumerate(tunings):
                 # w_dot and w_prior act at ranking time only: no need to rebuild the profile
                 engine.tuning = tuning
                 for level in levels:
                     engine.update_settings(level=level)
-                    recs = engine.recommend(CONTEXT, k=k, now=now)
-                    out[(level, j)].append([int(r.offer_id[3:]) - 1 for r in recs])
+                    recs = engine.recommend(CONTEXT, k=k + len(known), now=now)
+                    items = [int(r.offer_id[3:]) - 1 for r in recs]
+                    out[(level, j)].append([i for i in items if i not in known][:k])
         finally:
             engine.close()
         if progress:

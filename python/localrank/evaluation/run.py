@@ -94,9 +94,8 @@ def _cell_run(
     args: tuple[Workspace, Fleet, Cell, int, Tuning, Sequence[Tuning], str],
 ) -> dict[str, Any]:
     """One cell (in a worker process): reports → aggregation → rankings → metrics."""
-    from localrank.server.aggregate import AggregationSettings
-
     from localrank.evaluation.server import SimulatedServer
+    from localrank.server.aggregate import AggregationSettings
 
     ws, template, cell, cap_days, _, tunings, tag = args
     t0 = time.perf_counter()
@@ -115,9 +114,11 @@ def _cell_run(
         cap_days=cap_days,
     )
     server.close()
-    ranked = recommend_all(template.copy_to(work / "rank"), run.final_bundle, LEVELS, tunings)
     part = ws.validation if tag.startswith("val") else ws.split
-    relevant_all = part.held_out("test")
+    ranked = recommend_all(
+        template.copy_to(work / "rank"), run.final_bundle, LEVELS, tunings, seen=part.items("train")
+    )
+    relevant_all = part.items("test")
     relevant = [relevant_all[d.user] for d in fleet.devices]
     metrics = {
         f"{level}/{j}": quality(r, relevant, part.n_items).as_dict()
@@ -214,7 +215,7 @@ def evaluate(
             say("grid", (i + 1) / len(jobs))
 
     # The centralised reference on the test split, for the full user set and the subsets.
-    relevant_all = split.held_out("test")
+    relevant_all = split.items("test")
 
     def als_quality(user_set: np.ndarray) -> Quality:
         s = split.subsample_users(user_set)

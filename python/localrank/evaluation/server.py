@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from localrank.bundle import open_bundle
+from localrank.bundle.keys import load_private_key
+from localrank.clock import epoch_of
 from localrank.server.aggregate import (
     AggregationSettings,
     Aggregator,
@@ -13,10 +16,6 @@ from localrank.server.aggregate import (
 )
 from localrank.server.ingest import IngestRules, parse_batch
 from localrank.server.storage import open_storage
-
-from localrank.bundle import open_bundle
-from localrank.bundle.keys import load_private_key
-from localrank.clock import epoch_of
 
 __all__ = ["SimulatedServer"]
 

@@ -24,7 +24,8 @@ class Split:
     item: np.ndarray  # int64[n_ratings], 0-based
     timestamp: np.ndarray  # int64[n_ratings]
 
-    def held_out(self, part: str = "test") -> list[set[int]]:
+    def items(self, part: str = "test") -> list[set[int]]:
+        """Per user, the items of one part (`"test"` or `"train"`)."""
         rows = self.test if part == "test" else self.train
         out: list[set[int]] = [set() for _ in range(self.n_users)]
         for u, i in zip(self.user[rows].tolist(), self.item[rows].tolist(), strict=True):
