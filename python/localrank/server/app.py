@@ -235,7 +235,8 @@ def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastA
 
     @app.exception_handler(StorageUnavailableError)
     async def _unavailable(request: Request, exc: StorageUnavailableError) -> JSONResponse:
-        metrics.batches.labels("unavailable").inc() if request.url.path == "/v1/reports" else None
+        if request.url.path == "/v1/reports":
+            metrics.batches.labels("unavailable").inc()
         LOG.warning("database unavailable: %s", exc)
         return _error(
             503,
