@@ -11,6 +11,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -322,6 +323,10 @@ def test_segments_healthz_metrics_openapi(live: LiveServer, clock: FixedClock) -
     assert spec["components"]["schemas"]["Report"]["additionalProperties"] is False
 
 
+def _access(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "localrank.server.access"]
+
+
 def test_no_client_address_is_logged_or_stored(
     live: LiveServer, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -329,7 +334,11 @@ def test_no_client_address_is_logged_or_stored(
         _post(live.url, batch_body(_batch(clock, 3)))
         _post(live.url, b"{nope")
         httpx.get(live.url + "/v1/bundle")
-    access = [r for r in caplog.records if r.name == "localrank.server.access"]
+        # The access line is written once the response has gone out: wait for the last one.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(_access(caplog)) < 3:
+            time.sleep(0.01)
+    access = _access(caplog)
     assert len(access) == 3
     assert any('"POST /v1/reports" 200' in r.getMessage() for r in access)
     server_side = [r for r in caplog.records if r.name.startswith(("localrank", "uvicorn"))]

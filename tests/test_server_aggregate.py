@@ -431,3 +431,23 @@ def test_the_no_noise_reference_keeps_exact_counts() -> None:
         [s], offers=B.catalog.ids, d_seg=D, central_epsilon=1.0, report_limit=3, noise=False
     )
     assert np.all(eng.popularity_variance == 0) and eng.popularity[:3].tolist() == [10, 10, 10]
+
+
+def test_the_server_aggregates_periodically(db_url: str, clock: FixedClock) -> None:
+    import time
+
+    app = create_app(server_config(db_url, clock, aggregate_every=0.2))
+    with LiveServer(app) as server:
+        e0 = epoch_of(clock.now())
+        post_all(server.url, device_reports(np.arange(30), epoch=e0))
+        clock.set((e0 + 2) * 86400 + 2 * 3600)
+        deadline = time.monotonic() + 20
+        version = "1"
+        while version == "1" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            version = httpx.get(server.url + "/v1/bundle").headers["x-bundle-version"]
+        assert version == "2"
+        assert server.state.storage.counts()["reports"] == 0
+        assert (
+            'localrank_aggregations_total{outcome="ok"}' in httpx.get(server.url + "/metrics").text
+        )

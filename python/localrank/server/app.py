@@ -182,17 +182,11 @@ class _AccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        done = False
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
+        def record(status: int) -> None:
+            nonlocal done
+            done = True
             elapsed = time.perf_counter() - start
             path = scope.get("path", "")
             route = path if path in _ROUTES else "other"
@@ -202,6 +196,19 @@ class _AccessLog:
             ACCESS_LOG.info(
                 '"%s %s" %d %.1fms', scope.get("method", ""), route, status, elapsed * 1e3
             )
+
+        async def send_wrapper(message: Message) -> None:
+            # Recorded before the response leaves, so a client that reads the metrics or the
+            # log right after its answer finds its own request there (time to first byte).
+            if message["type"] == "http.response.start":
+                record(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if not done:
+                record(500)
 
 
 def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastAPI:
