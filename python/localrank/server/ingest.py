@@ -18,19 +18,15 @@ A batch is all or nothing: one bad report refuses the batch.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
-
-import jsonschema_rs
 
 from localrank.errors import InputError
 from localrank.ldp import decode_bits
-from localrank.reports.wire import BATCH_SCHEMA, REPORT_SCHEMA, schema_document, validate_batch
+from localrank.reports.wire import BATCH_SCHEMA, REPORT_SCHEMA, batch_is_valid, validate_batch
 from localrank.server.storage import ReportRow
 
 __all__ = ["EPOCH_WINDOW", "IngestError", "IngestRules", "config_key", "parse_batch"]
@@ -85,23 +81,6 @@ def parse_config(key: str) -> tuple[str, str, float | None, float | None]:
     return mode, oracle, float(eps) if eps else None, float(perm) if perm else None
 
 
-@cache
-def _fast_validator() -> Any:
-    """The shipped batch schema with the report schema inlined, compiled by jsonschema-rs.
-
-    The same Draft 2020-12 document as :func:`localrank.reports.wire.validate_batch` checks,
-    about 100 times faster (0.1 ms against 13 ms for 64 reports, measured): it decides, and the
-    reference validator runs only on a refused batch, to word the error.
-    """
-    report = copy.deepcopy(schema_document("report.v1.json"))
-    batch = copy.deepcopy(schema_document("batch.v1.json"))
-    report.pop("$id", None)
-    report.pop("$schema", None)
-    batch.pop("$id", None)
-    batch["properties"]["reports"]["items"] = report
-    return jsonschema_rs.validator_for(batch)
-
-
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -140,7 +119,7 @@ def parse_batch(body: bytes, rules: IngestRules, current_epoch: int) -> list[Rep
                     f"reports/{i}/schema: expected {REPORT_SCHEMA!r}, "
                     f"got {_short(r.get('schema'))}",
                 )
-    if not _fast_validator().is_valid(doc):
+    if not batch_is_valid(doc):
         try:
             validate_batch(doc)
         except InputError as e:
