@@ -112,6 +112,12 @@ def _check(validator: Draft202012Validator, doc: object, arg: str) -> None:
         ) from None
 
 
+def reference_check_batch(batch: object) -> None:
+    """:func:`validate_batch` by the reference validator alone (``jsonschema``): the slow path
+    that words refusals, and the yardstick the fast path is tested against."""
+    _check(_validators()[1], batch, "batch")
+
+
 def validate_report(report: object) -> None:
     """Raise InputError, saying where and why, unless ``report`` matches ``report.v1.json``."""
     if not report_is_valid(report):
