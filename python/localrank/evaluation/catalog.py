@@ -57,9 +57,18 @@ def movielens_catalog(data: MovieLens100K, d: int) -> Catalog:
     return Catalog.from_offers(offers, taxonomy, DEMO_CONTEXTS, d=d)
 
 
+#: Segment depth for a fleet of about a thousand devices. The product's default depth (3:
+#: genre/genre/region, 3,782 segments here) is sized for large fleets: under LDP a segment's
+#: population is published only once the lower end of its 95% interval clears
+#: ``min_population``, which at d_seg = 3,782 (OUE) takes on the order of 10⁵ devices. At
+#: depth 1 (the top genre, 20 segments, GRR) the large genres publish with ~10³ devices.
+SEGMENT_DEPTH = 1
+
+
 def movielens_config(d: int = 32, **overrides: object) -> BundleConfig:
-    """The product's default config for the MovieLens catalog, with ``overrides``."""
-    base = BundleConfig(d=d, contexts=DEMO_CONTEXTS, regions=REGIONS)
+    """The product's default config for the MovieLens catalog, at :data:`SEGMENT_DEPTH`, with
+    ``overrides``."""
+    base = BundleConfig(d=d, contexts=DEMO_CONTEXTS, regions=REGIONS, segment_depth=SEGMENT_DEPTH)
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
