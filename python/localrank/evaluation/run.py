@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +115,7 @@ def _cell_run(
         cap_days=cap_days,
     )
     server.close()
+    shutil.rmtree(work / "devices", ignore_errors=True)
     part = ws.validation if tag.startswith("val") else ws.split
     ranked = recommend_all(
         template.copy_to(work / "rank"), run.final_bundle, LEVELS, tunings, seen=part.items("train")
@@ -124,6 +126,7 @@ def _cell_run(
         f"{level}/{j}": quality(r, relevant, part.n_items).as_dict()
         for (level, j), r in ranked.items()
     }
+    shutil.rmtree(work, ignore_errors=True)
     return {
         "cell": asdict(cell),
         "name": cell.name,
@@ -174,6 +177,24 @@ def evaluate(
     )
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="localrank-eval-", dir=_scratch()))
+    try:
+        return _evaluate(settings, out, data, split, validation, users, rng, root, say, t_start)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _evaluate(
+    settings: EvaluationSettings,
+    out: Path,
+    data: MovieLens100K,
+    split: Split,
+    validation: Split,
+    users: np.ndarray,
+    rng: np.random.Generator,
+    root: Path,
+    say: Callable[[str, float], None],
+    t_start: float,
+) -> dict[str, Any]:
     key, pub = root / "server-key.pem", root / "server-key.pub.pem"
     generate_keypair(key, pub)
     ws = Workspace(root, key, pub, data, split, validation, users)
