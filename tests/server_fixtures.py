@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from localrank import ldp
 from localrank.bundle import open_bundle
@@ -30,6 +28,7 @@ from localrank.clock import FixedClock, epoch_of
 from localrank.reports.wire import census, engagement
 from localrank.server.app import ServerState, create_app
 from localrank.server.config import ServerConfig
+from localrank.server.embedded import EmbeddedServer
 from localrank.server.storage import Storage, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,40 +54,13 @@ def free_port() -> int:
         return port
 
 
-class LiveServer:
+class LiveServer(EmbeddedServer):
     """A real uvicorn server in a thread, on a loopback port of its own."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
 
     @property
     def state(self) -> ServerState:
         state: ServerState = self.app.state.localrank
         return state
-
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=20)
-        self._sock.close()
 
 
 def server_config(db: str, clock: FixedClock, **kw: Any) -> ServerConfig:
