@@ -151,7 +151,7 @@ def tuning_grid(budget: int, seed: int) -> list[Tuning]:
     while len(out) < budget:
         out.append(
             Tuning(
-                w_dot=float(10 ** rng.uniform(-0.5, 1.3)), w_prior=float(10 ** rng.uniform(-1, 1))
+                w_dot=float(10 ** rng.uniform(-2, 1)), w_prior=float(10 ** rng.uniform(-2, 1))
             )
         )
     return out[:budget]
