@@ -328,6 +328,40 @@ fn user_dot_is_exact_batched_or_not() {
     }
 }
 
+/// Every value at the same-sign extreme, so no partial sum cancels: the largest user dots
+/// there are (d · 128 · 32385), which overflow any i32 sum over more than 518 columns.
+#[test]
+fn user_dot_is_exact_at_the_same_sign_extremes() {
+    let max = localrank_core::int8::MAX_DIM;
+    for kernel in paths() {
+        let d = dots(kernel);
+        for &n in &[1usize, 17, 511, 512, 513, 518, 519, 600, 4096, 4097, max] {
+            for (q, limb) in [(-128i8, -127i8), (-128, 127), (127, 127), (127, -127)] {
+                let hi = vec![limb; n];
+                let lo = vec![limb; n];
+                let wide: Vec<i16> = hi.iter().map(|h| *h as i16 * 254 + *h as i16).collect();
+                let rows: Vec<Vec<i8>> = (0..BATCH).map(|_| vec![q; n]).collect();
+                let refs: [&[i8]; BATCH] = std::array::from_fn(|r| &rows[r][..]);
+                let want = n as i64 * q as i64 * (254 * limb as i64 + limb as i64);
+                // SAFETY: `dots` only hands out paths this CPU has; all lengths equal n.
+                let single = unsafe { (d.user)(refs[0], &hi, &lo, &wide) };
+                let batch = unsafe { (d.user_batch)(refs, &hi, &lo, &wide) };
+                assert_eq!(
+                    single,
+                    want,
+                    "path {} n={n} q={q} limb={limb}",
+                    kernel.name()
+                );
+                assert_eq!(batch, [want; BATCH], "path {} n={n} batched", kernel.name());
+            }
+        }
+        ok(
+            kernel,
+            "user dot exact at the same-sign extremes, up to MAX_DIM",
+        );
+    }
+}
+
 fn exact_i8(a: &[i8], b: &[i8]) -> i64 {
     a.iter().zip(b).map(|(x, y)| *x as i64 * *y as i64).sum()
 }

@@ -83,6 +83,15 @@ pub unsafe trait Simd {
         }
         out
     }
+    /// Hint that the `bytes` bytes from `p` will be read soon: a prefetch of every cache line
+    /// they touch. A hint only: it loads no value, cannot fault, and does nothing by default.
+    ///
+    /// # Safety
+    /// The CPU must have the path's features ([`Kernel::is_available`]).
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8, bytes: usize) {
+        let _ = (p, bytes);
+    }
     /// The sum of all values, as a plain streaming read (the benchmark's memory floor).
     ///
     /// # Safety
@@ -91,7 +100,7 @@ pub unsafe trait Simd {
 }
 
 /// How many eligible rows the scoring passes hand a kernel at once.
-pub const BATCH: usize = 4;
+pub const BATCH: usize = 8;
 
 /// A kernel path. `Scalar` exists on every target; the others where the CPU has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +151,8 @@ impl Kernel {
             Kernel::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("bmi1")
+                    && std::arch::is_x86_feature_detected!("popcnt")
             }
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
