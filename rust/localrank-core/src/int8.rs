@@ -212,6 +212,9 @@ fn dispatch_i8(job: &Int8Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Resul
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `check_available` ran in `score_topk_int8` before any pass.
         Kernel::Avx2 => unsafe { crate::kernel::x86::pass_i8(job, lo, hi) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check_available` ran in `score_topk_int8` before any pass.
+        Kernel::Avx512 => unsafe { crate::kernel::x86_avx512::pass_i8(job, lo, hi) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `check_available` ran in `score_topk_int8` before any pass (NEON detected).
         Kernel::Neon => unsafe { crate::kernel::aarch64::pass_i8_neon(job, lo, hi) },

@@ -621,6 +621,9 @@ fn dispatch_f32(job: &F32Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Resul
         // SAFETY: callers resolve `kernel` through `Kernel::resolve`/`detect`, which only yield
         // Avx2 when the CPU has AVX2 and FMA; `check_available` re-checks below.
         Kernel::Avx2 => unsafe { crate::kernel::x86::pass_f32(job, lo, hi) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for Avx2: only yielded when the CPU has AVX-512F/BW and the AVX2 features.
+        Kernel::Avx512 => unsafe { crate::kernel::x86_avx512::pass_f32(job, lo, hi) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as for Avx2, `check_available` ran before any pass; NEON and SDOT share the
         // f32 pass and both imply NEON.

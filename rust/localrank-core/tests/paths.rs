@@ -8,7 +8,8 @@
 //!   order, except that two rows whose scores differ by less than 1e-5·max(1, |s|) may swap.
 //!
 //! Each test prints a `path NAME: ok (what)` line per path it ran, so that
-//! `cargo test -- --nocapture` names the paths. On x86-64 with AVX2 those are scalar and avx2;
+//! `cargo test -- --nocapture` names the paths. On x86-64 those are scalar, avx2 and, where the
+//! CPU has AVX-512F/BW, avx512;
 //! on aarch64 scalar, neon and, where the CPU has dotprod, sdot.
 //!
 //! `LOCALRANK_EXPECT_KERNELS` (comma-separated, e.g. `scalar,neon,sdot`), when set, must equal
@@ -91,6 +92,8 @@ fn dots(kernel: Kernel) -> Dots {
         Kernel::Scalar => dots_of::<Scalar>(),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => dots_of::<localrank_core::kernel::x86::Avx2>(),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => dots_of::<localrank_core::kernel::x86_avx512::Avx512>(),
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => dots_of::<localrank_core::kernel::aarch64::Neon>(),
         #[cfg(target_arch = "aarch64")]
