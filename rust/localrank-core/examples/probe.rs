@@ -57,7 +57,16 @@ fn main() {
     let (d, c) = (64usize, 32usize);
     for &n in &sizes {
         let mut rng = Rng(n as u64);
-        let e: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
+        // E starts PROBE_OFFSET bytes past a 64-byte boundary (numpy's large arrays: 16).
+        let offset: usize = std::env::var("PROBE_OFFSET")
+            .ok()
+            .map_or(16, |s| s.parse().unwrap());
+        let mut backing: Vec<f32> = vec![0.0; n * d + 32];
+        let skip = (64 - (backing.as_ptr() as usize % 64)) % 64 / 4 + offset / 4;
+        for v in &mut backing[skip..skip + n * d] {
+            *v = rng.normal();
+        }
+        let e = &backing[skip..skip + n * d];
         let u: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
         let bias: Vec<f32> = (0..n).map(|_| 0.1 * rng.normal()).collect();
         let cat: Vec<i32> = (0..n).map(|_| (rng.next_u64() % c as u64) as i32).collect();
@@ -76,7 +85,7 @@ fn main() {
             w_dot: 1.0,
             w_prior: 0.5,
         };
-        let m = Matrix::new("E", &e, n, d).unwrap();
+        let m = Matrix::new("E", e, n, d).unwrap();
         let (q, scale) = quantize_int8(m).unwrap();
         let qm = Matrix::new("q", &q, n, d).unwrap();
         let reps = std::env::var("PROBE_REPS")
@@ -106,7 +115,7 @@ fn main() {
                 ti.push(per_row(t));
                 let t = Instant::now();
                 for _ in 0..reps {
-                    black_box(stream_sum(&e, kernel).unwrap());
+                    black_box(stream_sum(e, kernel).unwrap());
                 }
                 tl.push(per_row(t));
             }
