@@ -481,15 +481,20 @@ struct Catalog {
 
 impl Catalog {
     fn random(rng: &mut Rng, n: usize, d: usize) -> Catalog {
-        const C: usize = 5;
+        Catalog::with_categories(rng, n, d, 5)
+    }
+
+    fn with_categories(rng: &mut Rng, n: usize, d: usize, classes: usize) -> Catalog {
         Catalog {
             n,
             d,
             u: (0..d).map(|_| rng.f32()).collect(),
             e: (0..n * d).map(|_| rng.f32()).collect(),
             bias: (0..n).map(|_| rng.f32() * 0.1).collect(),
-            category: (0..n).map(|_| rng.int(0, C as i64 - 1) as i32).collect(),
-            prior: (0..C).map(|_| rng.f32() * 0.5).collect(),
+            category: (0..n)
+                .map(|_| rng.int(0, classes as i64 - 1) as i32)
+                .collect(),
+            prior: (0..classes).map(|_| rng.f32() * 0.5).collect(),
             eligible: (0..n).map(|_| rng.int(0, 4) != 0).collect(),
             adjust: (0..n).map(|_| rng.f32() * 0.05).collect(),
         }
@@ -578,6 +583,36 @@ fn score_topk_is_the_same_on_every_path() {
             }
         }
         ok(kernel, "score_topk the same as scalar");
+    }
+}
+
+/// The prior lookup per category count: the x86 passes look categories up with in-register
+/// permutes up to 32 categories (every bit pattern of 0..32 matters) and with a gather above.
+#[test]
+fn every_category_count_scores_the_same_on_every_path() {
+    let mut rng = Rng(11);
+    for kernel in paths() {
+        for classes in [1usize, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 1000] {
+            let cat = Catalog::with_categories(&mut rng, 700, 64, classes);
+            let terms = cat.terms(true);
+            let truth = truth(&cat, &terms);
+            let want = score_topk(&cat.u, cat.e(), &terms, &opts(Kernel::Scalar, 20)).unwrap();
+            let got = score_topk(&cat.u, cat.e(), &terms, &opts(kernel, 20)).unwrap();
+            let what = format!("path {} categories {classes}", kernel.name());
+            assert_same(&what, &want, &got, &truth);
+            let (q, scale) = quantize_int8(cat.e()).unwrap();
+            let qm = Matrix::new("q", &q[..], cat.n, cat.d).unwrap();
+            let run = |k| score_topk_int8(&cat.u, qm, &scale, &terms, None, &opts(k, 20));
+            assert_eq!(
+                run(kernel).unwrap(),
+                run(Kernel::Scalar).unwrap(),
+                "{what} int8"
+            );
+        }
+        ok(
+            kernel,
+            "every category count from 1 to 1000 the same as scalar",
+        );
     }
 }
 

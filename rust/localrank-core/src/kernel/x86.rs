@@ -722,6 +722,25 @@ impl<R: Rows8, const FIXED: usize> Source8 for Int8Rows<'_, R, FIXED> {
 /// ineligible ones included as wasted lanes; a sparser one in compact batches of eligible rows.
 const DENSE_WINDOW: u32 = 40;
 
+/// `table[c]` per lane, for categories `c < 32`: four permutes (each picks by the low three
+/// bits of `c`), then two blends by bit 3 and one by bit 4 (moved into the sign bit, which
+/// `blendv` reads).
+#[inline(always)]
+unsafe fn lookup32(table: &[f32; 32], c: __m256i) -> __m256 {
+    let t = table.as_ptr();
+    let p0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t), c);
+    let p1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t.add(8)), c);
+    let p2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t.add(16)), c);
+    let p3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t.add(24)), c);
+    let bit3 = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(c));
+    let bit4 = _mm256_castsi256_ps(_mm256_slli_epi32::<27>(c));
+    _mm256_blendv_ps(
+        _mm256_blendv_ps(p0, p1, bit3),
+        _mm256_blendv_ps(p2, p3, bit3),
+        bit4,
+    )
+}
+
 /// Lane `k` all ones where bit `k` of `m` is set.
 #[inline(always)]
 unsafe fn lane_mask(m: u32) -> __m256i {
@@ -762,6 +781,13 @@ unsafe fn drive<S: Source8, const PREFETCH: bool>(
 ) -> Result<TopK> {
     let mut top = TopK::new(k, hi - lo);
     let mut floor = top.entry_floor();
+    // Up to 32 categories, the prior lookup is four in-register permutes instead of a gather
+    // (measured: the gather alone took ~7% of the pass at n = 1k).
+    let mut table = [0f32; 32];
+    let priors = (t.prior.len() <= 32).then(|| {
+        table[..t.prior.len()].copy_from_slice(t.prior);
+        &table
+    });
     let mut base = lo;
     while base < hi {
         let mask = flag_window(t.eligible, base, hi);
@@ -788,9 +814,17 @@ unsafe fn drive<S: Source8, const PREFETCH: bool>(
                 }
                 let lanes = lane_mask(m);
                 let dots = src.dots_chunk(p, first, lanes);
-                finish_chunk(t, &mut top, &mut floor, first, m, lanes, dots, |i| {
-                    src.fault(i)
-                })?;
+                finish_chunk(
+                    t,
+                    priors,
+                    &mut top,
+                    &mut floor,
+                    first,
+                    m,
+                    lanes,
+                    dots,
+                    |i| src.fault(i),
+                )?;
             }
         } else {
             if PREFETCH && ahead < hi {
@@ -836,6 +870,7 @@ unsafe fn drive<S: Source8, const PREFETCH: bool>(
 #[inline(always)]
 unsafe fn finish_chunk(
     t: &Terms<'_>,
+    priors: Option<&[f32; 32]>,
     top: &mut TopK,
     floor: &mut f32,
     first: usize,
@@ -861,14 +896,17 @@ unsafe fn finish_chunk(
             Some(a) => _mm256_maskload_ps(a.as_ptr().add(first), lanes),
             None => _mm256_setzero_ps(),
         };
-        // SAFETY: the gathered lanes are eligible, and their categories were just checked to
-        // index prior.
-        let prior = _mm256_mask_i32gather_ps::<4>(
-            _mm256_setzero_ps(),
-            t.prior.as_ptr(),
-            cat,
-            _mm256_castsi256_ps(lanes),
-        );
+        let prior = match priors {
+            Some(table) => lookup32(table, cat),
+            // SAFETY: the gathered lanes are eligible, and their categories were just checked
+            // to index prior.
+            None => _mm256_mask_i32gather_ps::<4>(
+                _mm256_setzero_ps(),
+                t.prior.as_ptr(),
+                cat,
+                _mm256_castsi256_ps(lanes),
+            ),
+        };
         let s = _mm256_add_ps(
             _mm256_add_ps(
                 _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(t.w_dot), dots), bias),
