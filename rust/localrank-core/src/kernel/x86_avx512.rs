@@ -150,8 +150,8 @@ unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// partial sums in zmm`r`), then a fold of each row's two 256-bit halves, `w = a[0..8] +
 /// a[8..16]` (`f32`, or i32 adds for `i32`), leaving row `r`'s 8-lane sums in ymm`r`.
 /// The rest of the reduction is AVX2's ([`x86::reduce_w8`], [`x86::hsum8_epi32`]): a tree
-/// of 512-bit cross-half shuffles ran slower on Zen 4, which splits 512-bit operations into
-/// 256-bit halves. `$first` names the vector operand (`u` or `w`); extra operands follow.
+/// of 512-bit cross-lane shuffles all the way down measured the same and was more code.
+/// `$first` names the vector operand (`u` or `w`); extra operands follow.
 macro_rules! rows8_asm {
     ($ty:ty, $add:literal, $first:ident = $fv:expr, $p:expr, [$($line:literal),* $(,)?] $(, $($extra:tt)*)?) => {{
         let (w0, w1, w2, w3, w4, w5, w6, w7): ($ty, $ty, $ty, $ty, $ty, $ty, $ty, $ty);
