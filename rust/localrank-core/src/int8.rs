@@ -19,8 +19,8 @@
 use crate::error::{Error, Result};
 use crate::kernel::{scalar::Scalar, Kernel, Simd, BATCH};
 use crate::score::{
-    check_available, finish_batch, finish_row, next_batch, run_split, validate_user, Matrix,
-    Options, Ranked, Terms,
+    check_available, finish_batch, run_split, validate_user, EligibleRows, Matrix, Options, Ranked,
+    Terms,
 };
 use crate::topk::TopK;
 
@@ -165,7 +165,7 @@ pub(crate) struct Int8Job<'a> {
 }
 
 #[cold]
-fn scale_fault(scale: &[f32], i: usize) -> Option<Error> {
+pub(crate) fn scale_fault(scale: &[f32], i: usize) -> Option<Error> {
     (!scale[i].is_finite()).then(|| {
         Error::input(
             "scale",
@@ -188,32 +188,21 @@ pub(crate) unsafe fn pass_i8<S: Simd>(job: &Int8Job<'_>, lo: usize, hi: usize) -
     let (uh, ul, uw) = (&user.hi[..], &user.lo[..], &user.wide[..]);
     // The i64 dot converts to f32 with one rounding, the same on every path.
     let dot = |i: usize, exact: i64| exact as f32 * (user.step * job.scale[i]);
-    let mut i = lo;
-    loop {
-        let rows = next_batch(t.eligible, i, hi);
-        if rows[BATCH - 1] < hi {
-            let mut stored = [&[][..]; BATCH];
-            for r in 0..BATCH {
-                // SAFETY: rows are ascending and below hi <= n = q.rows.
-                stored[r] = unsafe { q.row_unchecked(rows[r]) };
-            }
-            let exact = S::user_dot_i8_batch(stored, uh, ul, uw);
-            let mut dots = [0f32; BATCH];
-            for r in 0..BATCH {
-                dots[r] = dot(rows[r], exact[r]);
-            }
-            finish_batch(t, &mut top, rows, dots, |r| scale_fault(job.scale, r))?;
-            i = rows[BATCH - 1] + 1;
-        } else {
-            for r in rows {
-                if r < hi {
-                    let d = dot(r, S::user_dot_i8(q.row(r), uh, ul, uw));
-                    finish_row(t, &mut top, r, d, || scale_fault(job.scale, r))?;
-                }
-            }
-            return Ok(top);
+    let mut rows = EligibleRows::new(t.eligible, lo, hi);
+    while let Some(batch) = rows.next_batch::<BATCH>() {
+        let mut stored = [&[][..]; BATCH];
+        for (slot, &row) in stored.iter_mut().zip(&batch.rows) {
+            // SAFETY: rows are below hi <= n = q.rows.
+            *slot = unsafe { q.row_unchecked(row) };
         }
+        let exact = S::user_dot_i8_batch(stored, uh, ul, uw);
+        let mut dots = [0f32; BATCH];
+        for r in 0..BATCH {
+            dots[r] = dot(batch.rows[r], exact[r]);
+        }
+        finish_batch(t, &mut top, batch, dots, |r| scale_fault(job.scale, r))?;
     }
+    Ok(top)
 }
 
 fn dispatch_i8(job: &Int8Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Result<TopK> {
@@ -223,6 +212,9 @@ fn dispatch_i8(job: &Int8Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Resul
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `check_available` ran in `score_topk_int8` before any pass.
         Kernel::Avx2 => unsafe { crate::kernel::x86::pass_i8(job, lo, hi) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check_available` ran in `score_topk_int8` before any pass.
+        Kernel::Avx512 => unsafe { crate::kernel::x86_avx512::pass_i8(job, lo, hi) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `check_available` ran in `score_topk_int8` before any pass (NEON detected).
         Kernel::Neon => unsafe { crate::kernel::aarch64::pass_i8_neon(job, lo, hi) },

@@ -8,7 +8,8 @@
 //!   order, except that two rows whose scores differ by less than 1e-5·max(1, |s|) may swap.
 //!
 //! Each test prints a `path NAME: ok (what)` line per path it ran, so that
-//! `cargo test -- --nocapture` names the paths. On x86-64 with AVX2 those are scalar and avx2;
+//! `cargo test -- --nocapture` names the paths. On x86-64 those are scalar, avx2 and, where the
+//! CPU has AVX-512F/BW, avx512;
 //! on aarch64 scalar, neon and, where the CPU has dotprod, sdot.
 //!
 //! `LOCALRANK_EXPECT_KERNELS` (comma-separated, e.g. `scalar,neon,sdot`), when set, must equal
@@ -91,6 +92,8 @@ fn dots(kernel: Kernel) -> Dots {
         Kernel::Scalar => dots_of::<Scalar>(),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => dots_of::<localrank_core::kernel::x86::Avx2>(),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => dots_of::<localrank_core::kernel::x86_avx512::Avx512>(),
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => dots_of::<localrank_core::kernel::aarch64::Neon>(),
         #[cfg(target_arch = "aarch64")]
@@ -328,6 +331,40 @@ fn user_dot_is_exact_batched_or_not() {
     }
 }
 
+/// Every value at the same-sign extreme, so no partial sum cancels: the largest user dots
+/// there are (d · 128 · 32385), which overflow any i32 sum over more than 518 columns.
+#[test]
+fn user_dot_is_exact_at_the_same_sign_extremes() {
+    let max = localrank_core::int8::MAX_DIM;
+    for kernel in paths() {
+        let d = dots(kernel);
+        for &n in &[1usize, 17, 511, 512, 513, 518, 519, 600, 4096, 4097, max] {
+            for (q, limb) in [(-128i8, -127i8), (-128, 127), (127, 127), (127, -127)] {
+                let hi = vec![limb; n];
+                let lo = vec![limb; n];
+                let wide: Vec<i16> = hi.iter().map(|h| *h as i16 * 254 + *h as i16).collect();
+                let rows: Vec<Vec<i8>> = (0..BATCH).map(|_| vec![q; n]).collect();
+                let refs: [&[i8]; BATCH] = std::array::from_fn(|r| &rows[r][..]);
+                let want = n as i64 * q as i64 * (254 * limb as i64 + limb as i64);
+                // SAFETY: `dots` only hands out paths this CPU has; all lengths equal n.
+                let single = unsafe { (d.user)(refs[0], &hi, &lo, &wide) };
+                let batch = unsafe { (d.user_batch)(refs, &hi, &lo, &wide) };
+                assert_eq!(
+                    single,
+                    want,
+                    "path {} n={n} q={q} limb={limb}",
+                    kernel.name()
+                );
+                assert_eq!(batch, [want; BATCH], "path {} n={n} batched", kernel.name());
+            }
+        }
+        ok(
+            kernel,
+            "user dot exact at the same-sign extremes, up to MAX_DIM",
+        );
+    }
+}
+
 fn exact_i8(a: &[i8], b: &[i8]) -> i64 {
     a.iter().zip(b).map(|(x, y)| *x as i64 * *y as i64).sum()
 }
@@ -444,15 +481,20 @@ struct Catalog {
 
 impl Catalog {
     fn random(rng: &mut Rng, n: usize, d: usize) -> Catalog {
-        const C: usize = 5;
+        Catalog::with_categories(rng, n, d, 5)
+    }
+
+    fn with_categories(rng: &mut Rng, n: usize, d: usize, classes: usize) -> Catalog {
         Catalog {
             n,
             d,
             u: (0..d).map(|_| rng.f32()).collect(),
             e: (0..n * d).map(|_| rng.f32()).collect(),
             bias: (0..n).map(|_| rng.f32() * 0.1).collect(),
-            category: (0..n).map(|_| rng.int(0, C as i64 - 1) as i32).collect(),
-            prior: (0..C).map(|_| rng.f32() * 0.5).collect(),
+            category: (0..n)
+                .map(|_| rng.int(0, classes as i64 - 1) as i32)
+                .collect(),
+            prior: (0..classes).map(|_| rng.f32() * 0.5).collect(),
             eligible: (0..n).map(|_| rng.int(0, 4) != 0).collect(),
             adjust: (0..n).map(|_| rng.f32() * 0.05).collect(),
         }
@@ -541,6 +583,36 @@ fn score_topk_is_the_same_on_every_path() {
             }
         }
         ok(kernel, "score_topk the same as scalar");
+    }
+}
+
+/// The prior lookup per category count: the x86 passes look categories up with in-register
+/// permutes up to 32 categories (every bit pattern of 0..32 matters) and with a gather above.
+#[test]
+fn every_category_count_scores_the_same_on_every_path() {
+    let mut rng = Rng(11);
+    for kernel in paths() {
+        for classes in [1usize, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 1000] {
+            let cat = Catalog::with_categories(&mut rng, 700, 64, classes);
+            let terms = cat.terms(true);
+            let truth = truth(&cat, &terms);
+            let want = score_topk(&cat.u, cat.e(), &terms, &opts(Kernel::Scalar, 20)).unwrap();
+            let got = score_topk(&cat.u, cat.e(), &terms, &opts(kernel, 20)).unwrap();
+            let what = format!("path {} categories {classes}", kernel.name());
+            assert_same(&what, &want, &got, &truth);
+            let (q, scale) = quantize_int8(cat.e()).unwrap();
+            let qm = Matrix::new("q", &q[..], cat.n, cat.d).unwrap();
+            let run = |k| score_topk_int8(&cat.u, qm, &scale, &terms, None, &opts(k, 20));
+            assert_eq!(
+                run(kernel).unwrap(),
+                run(Kernel::Scalar).unwrap(),
+                "{what} int8"
+            );
+        }
+        ok(
+            kernel,
+            "every category count from 1 to 1000 the same as scalar",
+        );
     }
 }
 
