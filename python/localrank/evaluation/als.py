@@ -3,7 +3,6 @@ validation split with the same budget as localrank's own knobs."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +32,8 @@ def _matrix(split: Split) -> sp.csr_matrix:
 
 def als_rankings(split: Split, params: AlsParams, k: int = 10, seed: int = 0) -> list[list[int]]:
     """Top-k unseen items per user from ALS trained on ``split.train``."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
     X = _matrix(split)
     model = AlternatingLeastSquares(
@@ -44,7 +43,9 @@ def als_rankings(split: Split, params: AlsParams, k: int = 10, seed: int = 0) ->
         iterations=params.iterations,
         random_state=seed,
     )
-    model.fit(X, show_progress=False)
+    # implicit parallelises itself; a BLAS thread pool under it only contends (its own advice)
+    with threadpool_limits(1, "blas"):
+        model.fit(X, show_progress=False)
     scores = np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
     scores[X.nonzero()] = -np.inf
     top = np.argsort(-scores, axis=1)[:, :k]
