@@ -200,6 +200,22 @@ def test_open_bundle_refuses_without_an_engine(keys, other_keys):
         assert issubclass(error, BundleError), name
 
 
+def test_a_verified_bundle_is_not_a_pass_for_near_copies_or_other_keys(keys, other_keys):
+    """Bytes that verified once are not verified again in this process; only identical bytes
+    under the same key skip the check, so a same-length forgery or another key still fails."""
+    good = keys.bundle(version=2)
+    assert open_bundle(good, keys.public, now=T0).version == 2
+    assert open_bundle(bytes(bytearray(good)), keys.public, now=T0).version == 2  # a copy
+    for at in (_HEADER.size + 1000, len(good) - 5):
+        with pytest.raises(BundleSignatureError, match="bad signature"):
+            open_bundle(flipped(good, at), keys.public, now=T0)
+    with pytest.raises(BundleSignatureError, match="bad signature"):
+        open_bundle(good, other_keys.public, now=T0)
+    # expiry is still checked on every call
+    with pytest.raises(BundleExpiredError, match="expired"):
+        open_bundle(good, keys.public, now=T0 + 10_000 * DAY)
+
+
 def set_item(name: str, index: Any, value: Any) -> Callable[[dict[str, np.ndarray]], None]:
     def edit(arrays: dict[str, np.ndarray]) -> None:
         arr = arrays[name].copy()

@@ -127,32 +127,48 @@ class Profile:
                 self._vec *= f
             self._ref_t = now
         mature = now - self.rules.cooldown_s
-        keep = []
-        for e in self._pending:
-            if e.t > mature:
-                keep.append(e)
-                continue
-            self._fold(e, now)
-        self._pending = keep
+        ready = [e for e in self._pending if e.t <= mature]
+        if ready:
+            self._pending = [e for e in self._pending if e.t > mature]
+            self._fold(ready, now)
 
-    def _fold(self, e: _Event, now: float) -> None:
-        signal = EVENT_SIGNAL.get(e.kind)
-        weight = EVENT_WEIGHT.get(e.kind, 0.0) * e.strength
-        cats = [c for c in e.categories if not self._sensitive[c]]
-        if signal is None or weight == 0.0 or not cats or len(cats) != len(e.categories):
-            return  # impressions, and anything touching a sensitive category, never count
-        k = SIGNALS.index(signal)
-        w = weight * 0.5 ** (max(0.0, now - e.t) / self.rules.half_life_s)
-        if e.offer_row >= 0:
-            vec = self.bundle.catalog.embeddings[e.offer_row].astype(np.float64)
-        else:
-            vec = None
-        share = 1.0 / len(cats)
-        for c in cats:
-            self._aff[k, c] += w * share
-            if weight > 0:
-                self._count[k, c] += 1
-            self._vec[k, c] += w * share * (vec if vec is not None else self._centroids[c])
+    def _fold(self, events: list[_Event], now: float) -> None:
+        """Add matured events, in order. One scatter-add per accumulator instead of small
+        numpy operations per event: a profile rebuilt from a store's events (after a new
+        bundle) took ~7 µs per event that way. ``np.add.at`` adds in index order, so the sums
+        are the same, bit for bit, as adding event by event."""
+        ks: list[int] = []
+        cs: list[int] = []
+        ws: list[float] = []
+        counted: list[bool] = []
+        rows: list[int] = []
+        for e in events:
+            signal = EVENT_SIGNAL.get(e.kind)
+            weight = EVENT_WEIGHT.get(e.kind, 0.0) * e.strength
+            cats = [c for c in e.categories if not self._sensitive[c]]
+            if signal is None or weight == 0.0 or not cats or len(cats) != len(e.categories):
+                continue  # impressions, and anything touching a sensitive category, never count
+            k = SIGNALS.index(signal)
+            w = weight * 0.5 ** (max(0.0, now - e.t) / self.rules.half_life_s)
+            share_w = w * (1.0 / len(cats))
+            for c in cats:
+                ks.append(k)
+                cs.append(c)
+                ws.append(share_w)
+                counted.append(weight > 0)
+                rows.append(e.offer_row)
+        if not ks:
+            return
+        at = (np.array(ks), np.array(cs))
+        w = np.array(ws)
+        np.add.at(self._aff, at, w)
+        np.add.at(self._count, at, np.array(counted, dtype=np.int64))
+        # an offer event adds its embedding; a category-only event the category's centroid
+        row = np.array(rows)
+        vecs = self._centroids[at[1]].copy()
+        has_offer = row >= 0
+        vecs[has_offer] = self.bundle.catalog.embeddings[row[has_offer]]
+        np.add.at(self._vec, at, w[:, None] * vecs)
 
     # -- reading ---------------------------------------------------------------------------
 
