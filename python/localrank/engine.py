@@ -11,6 +11,7 @@ adjust (:mod:`localrank.guardrails`) → score (the Rust kernel) → top-k + rea
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import math
@@ -153,6 +154,9 @@ class Engine:
         self._profile: Profile | None = None
         self._profile_now = -math.inf
         self._generation = -1
+        # The stored events as read, for rebuilding the profile under a new bundle without
+        # reading them again; dropped whenever events are deleted (the generation changes).
+        self._event_rows: list[tuple[Any, ...]] = []
         self._last_purge = -math.inf
         self.last_report_stops: list[str] = []
         self._settings = self._read_settings()
@@ -469,18 +473,22 @@ class Engine:
         self._purge(now)
         gen_rows = self._store.query("SELECT value FROM settings WHERE key = 'generation'")
         generation = int(gen_rows[0][0]) if gen_rows else 0
+        if generation != self._generation:
+            self._event_rows = []
         if self._profile is None or generation != self._generation or now < self._profile_now:
             self._profile = Profile(self.bundle, self.tuning.rules)
             self._generation = generation
         profile = self._profile
-        rows = self._store.query(
+        cached = self._event_rows
+        self._event_rows += self._store.query(
             "SELECT e.id, e.kind, e.t, e.strength, e.offer, "
             "       (SELECT group_concat(category, char(31)) FROM event_categories "
             "        WHERE event_id = e.id) "
             "FROM events e WHERE e.id > ? ORDER BY e.id",
-            (profile.last_event_id,),
+            (cached[-1][0] if cached else 0,),
         )
-        names = self.bundle.taxonomy
+        rows = cached[bisect.bisect_right(cached, profile.last_event_id, key=lambda r: r[0]) :]
+        names = self.bundle.taxonomy.ids
         catalog = self.bundle.catalog
         events = []
         for eid, kind, t, strength, offer, cats in rows:
@@ -490,7 +498,7 @@ class Engine:
                     row = catalog.index_of(offer)
                 except InputError:
                     row = -1  # an offer no longer in the catalog still counts by category
-            ids = [names.index(c) for c in (cats.split("\x1f") if cats else []) if c in names]
+            ids = [names[c] for c in (cats.split("\x1f") if cats else []) if c in names]
             events.append(_Event(eid, kind, t, strength, row, ids))
         profile.add(events)
         profile.advance(now)
@@ -857,6 +865,7 @@ class Engine:
         self._store.scrub()
         self._settings = self._read_settings()
         self._profile = None
+        self._event_rows = []
         return n
 
     def _forget_reports(self, db: Any, t: float) -> None:

@@ -70,6 +70,11 @@ class Taxonomy:
     def names(self) -> list[str]:
         return [c.name for c in self.categories]
 
+    @property
+    def ids(self) -> Mapping[str, int]:
+        """Category name → id, for converting many names at once (do not modify)."""
+        return self._index
+
     def index(self, name: str) -> int:
         """The id of a category, or an InputError naming ``category``."""
         try:

@@ -117,8 +117,10 @@ def _cell_run(
     server.close()
     shutil.rmtree(work / "devices", ignore_errors=True)
     part = ws.validation if tag.startswith("val") else ws.split
+    # validation tunes the on-device ranker only: rank at level full alone
+    levels = ("full",) if tag.startswith("val") else LEVELS
     ranked = recommend_all(
-        template.copy_to(work / "rank"), run.final_bundle, LEVELS, tunings, seen=part.items("train")
+        template.copy_to(work / "rank"), run.final_bundle, levels, tunings, seen=part.items("train")
     )
     relevant_all = part.items("test")
     relevant = [relevant_all[d.user] for d in fleet.devices]
