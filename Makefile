@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find rust -name '*.rs' -o -name Cargo.toml 2>/dev/null)
 
-.PHONY: all demo test bench build venv test-rust test-python lint clean models postgres postgres-stop
+.PHONY: all demo test eval bench build venv test-rust test-python lint clean models postgres postgres-stop
 
 all: build
 
@@ -129,3 +129,12 @@ smoke-arm64: venv
 .PHONY: stats
 stats: build
 	$(PY) -m pytest -q -s -m 'slow or stats' tests/test_estimators.py tests/test_ldp.py
+
+# The MovieLens-100K evaluation (docs/evaluation.md): the default grid, ~10-15 min on 2 cores.
+# `make eval-quick` runs the small grid (~3 min). make test runs a 40-user version.
+.PHONY: eval eval-quick
+eval: build
+	$(BIN)/localrank evaluate --out eval-results
+
+eval-quick: build
+	$(BIN)/localrank evaluate --quick --out eval-results-quick
