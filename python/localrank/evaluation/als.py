@@ -36,15 +36,16 @@ def als_rankings(split: Split, params: AlsParams, k: int = 10, seed: int = 0) ->
     from threadpoolctl import threadpool_limits
 
     X = _matrix(split)
-    model = AlternatingLeastSquares(
-        factors=params.factors,
-        regularization=params.regularization,
-        alpha=params.alpha,
-        iterations=params.iterations,
-        random_state=seed,
-    )
-    # implicit parallelises itself; a BLAS thread pool under it only contends (its own advice)
+    # implicit parallelises itself; a BLAS thread pool under it only contends (its own advice,
+    # which it checks when the model is made)
     with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=params.alpha,
+            iterations=params.iterations,
+            random_state=seed,
+        )
         model.fit(X, show_progress=False)
     scores = np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
     scores[X.nonzero()] = -np.inf

@@ -268,14 +268,27 @@ def recommend_all(
                 engine.tuning = tuning
                 for level in levels:
                     engine.update_settings(level=level)
-                    recs = engine.recommend(CONTEXT, k=k + len(known), now=now)
-                    items = [int(r.offer_id[3:]) - 1 for r in recs]
-                    out[(level, j)].append([i for i in items if i not in known][:k])
+                    out[(level, j)].append(_unseen_top(engine, now, known, k))
         finally:
             engine.close()
         if progress:
             progress()
     return out
+
+
+def _unseen_top(engine: Engine, now: float, known: set[int], k: int) -> list[int]:
+    """The device's top ``k`` movies the user has not rated. The guardrails already rest the
+    purchases the device still holds, so a few extra usually suffice; ask for more only when
+    they do not (``recommend`` is stateless and its top lists are prefixes of each other, so
+    this equals one call with ``k + len(known)``, without explaining hundreds of offers)."""
+    want = k + 16
+    while True:
+        recs = engine.recommend(CONTEXT, k=want, now=now)
+        items = [int(r.offer_id[3:]) - 1 for r in recs]
+        kept = [i for i in items if i not in known]
+        if len(kept) >= k or len(recs) < want or want >= k + len(known):
+            return kept[:k]
+        want = min(4 * want, k + len(known))
 
 
 def fleet_users(fleet: Fleet) -> np.ndarray:

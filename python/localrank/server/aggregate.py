@@ -34,7 +34,7 @@ from localrank.clock import SECONDS_PER_DAY, Clock, SystemClock, epoch_of
 from localrank.errors import InputError
 from localrank.server.embeddings import embedding_version, learned_embeddings
 from localrank.server.estimate import category_priors, engagement, populations
-from localrank.server.storage import NONCE_RETENTION_EPOCHS, BundleRow, Storage
+from localrank.server.storage import NONCE_RETENTION_EPOCHS, BundleRow, Storage, SumRow
 from localrank.server.sums import CensusSums, EngagementSums, decode_sum, fold_reports
 
 __all__ = [
@@ -126,6 +126,15 @@ class Aggregator:
         self.public_key = self.key.public_key()
         self.clock = clock or SystemClock()
         self.settings = settings or AggregationSettings()
+        # Decoded partial sums of the last publish, keyed by the whole stored row (its bytes
+        # included, so a re-folded epoch is decoded afresh): each publish re-reads the whole
+        # window, and decoding it again took most of a publish.
+        self._decoded: dict[SumRow, CensusSums | EngagementSums] = {}
+
+    def _decode(self, rows: list[SumRow]) -> list[CensusSums | EngagementSums]:
+        cache = {row: self._decoded.get(row) or _read_only(decode_sum(row)) for row in rows}
+        self._decoded = cache  # only the current window stays
+        return list(cache.values())
 
     def current_bundle(self) -> Bundle:
         """The latest published bundle, verified (an expired one still counts as current)."""
@@ -187,15 +196,20 @@ class Aggregator:
         cfg = bundle.config
         last = closed - 1
         census_window = s.census_window or cfg.census_interval_days
-        decoded = [
-            decode_sum(r)
-            for r in self.storage.sums(last - s.window_epochs + 1, last)
-            if r.kind == "engagement"
-        ]
         first_census = last - census_window + 1
-        census_rows = [r for r in self.storage.sums(first_census, last) if r.kind == "census"]
-        census = [c for c in map(decode_sum, census_rows) if isinstance(c, CensusSums)]
-        eng_sums = [e for e in decoded if isinstance(e, EngagementSums)]
+        rows = self.storage.sums(min(last - s.window_epochs, first_census - 1) + 1, last)
+        decoded = self._decode(rows)
+        first_eng = last - s.window_epochs + 1
+        eng_sums = [
+            e
+            for r, e in zip(rows, decoded, strict=True)
+            if isinstance(e, EngagementSums) and r.epoch >= first_eng
+        ]
+        census = [
+            c
+            for r, c in zip(rows, decoded, strict=True)
+            if isinstance(c, CensusSums) and r.epoch >= first_census
+        ]
         segs = bundle.segments
         pops = populations(
             census,
@@ -269,6 +283,14 @@ class Aggregator:
             engagement_reports=eng.reports,
             usable_segments=int(np.sum(published >= cfg.min_population)),
         )
+
+
+def _read_only(sums: CensusSums | EngagementSums) -> CensusSums | EngagementSums:
+    """Shared between publishes, so nothing may write to it."""
+    for value in vars(sums).values():
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
+    return sums
 
 
 def ensure_base_bundle(storage: Storage, base: bytes, key: Ed25519PrivateKey | bytes | str) -> int:
