@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from localrank.errors import DataUnavailableError
+from localrank.evaluation.ceilings import popularity_rankings, segment_popularity_rankings
 from localrank.evaluation.grid import DEFAULT_GRID, QUICK_GRID, Cell
 from localrank.evaluation.metrics import quality
 from localrank.evaluation.run import EvaluationSettings, evaluate
@@ -77,6 +78,33 @@ def test_perfect_ranking_scores_one() -> None:
     q = quality([[3, 4, 0, 1]], [{3, 4}], n_items=5, k=10)
     assert q.ndcg == pytest.approx(1.0)
     assert q.hr == 1.0
+
+
+# --- the centralised references -----------------------------------------------------------
+
+
+def test_popularity_reference_ranks_unseen_movies_by_training_count(ml100k: MovieLens100K) -> None:
+    split = temporal_split(ml100k)
+    users = np.arange(0, split.n_users, 50)
+    counts = np.bincount(split.item[split.train], minlength=split.n_items)
+    seen = split.items("train")
+    for u, ranked in zip(users.tolist(), popularity_rankings(split, users), strict=True):
+        assert len(ranked) == 10 and not set(ranked) & seen[u]
+        c = counts[ranked]
+        assert np.all(c[:-1] >= c[1:])
+        unseen = np.setdiff1d(np.arange(split.n_items), list(seen[u]))
+        assert c[-1] >= np.sort(counts[unseen])[-10]
+
+
+def test_segment_reference_ranks_within_the_users_top_genre(ml100k: MovieLens100K) -> None:
+    split = temporal_split(ml100k)
+    users = np.arange(0, split.n_users, 97)
+    ranked = segment_popularity_rankings(split, ml100k, users)
+    seen = split.items("train")
+    for u, top in zip(users.tolist(), ranked, strict=True):
+        assert len(top) == 10 and not set(top) & seen[u]
+    # users with different top genres get different lists
+    assert len({tuple(r) for r in ranked}) > 1
 
 
 # --- the grid ----------------------------------------------------------------------------------
@@ -149,6 +177,8 @@ def test_small_run_measures_every_ranker(small_run: dict) -> None:
         assert 0 <= m["ndcg@10"] <= 1 and 0 <= m["hr@10"] <= 1 and 0 < m["coverage"] <= 1
     als = report["als"]
     assert als["users"] == 40 and 0 < als["ndcg@10"] <= 1
+    for name in ("popularity", "segment_popularity"):
+        assert report["ceilings"][name]["users"] == 40
     # tuned on validation: the chosen knobs are among the searched ones and scored there
     assert report["tuning"]["localrank_validation_ndcg"] >= 0
     assert report["tuning"]["als_validation_ndcg"] > 0

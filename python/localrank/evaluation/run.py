@@ -34,6 +34,7 @@ from localrank.bundle import build_bundle, generate_keypair
 from localrank.engine import Tuning
 from localrank.evaluation.als import als_rankings, tune_als
 from localrank.evaluation.catalog import movielens_catalog, movielens_taxonomy
+from localrank.evaluation.ceilings import popularity_rankings, segment_popularity_rankings
 from localrank.evaluation.fleet import Fleet, build_fleet, recommend_all, run_reports
 from localrank.evaluation.grid import DEFAULT_GRID, QUICK_GRID, Cell
 from localrank.evaluation.metrics import Quality, quality
@@ -250,6 +251,14 @@ def _evaluate(
         )
 
     als = als_quality(users)
+    own = split.subsample_users(users)
+    relevant_users = [relevant_all[u] for u in users.tolist()]
+    ceilings = {
+        "popularity": quality(popularity_rankings(own, users), relevant_users, split.n_items),
+        "segment_popularity": quality(
+            segment_popularity_rankings(own, data, users), relevant_users, split.n_items
+        ),
+    }
     scaling = []
     for r in results:
         if r["tag"].startswith("n"):
@@ -278,6 +287,7 @@ def _evaluate(
             "als_validation_ndcg": als_val.ndcg,
         },
         "als": als.as_dict(),
+        "ceilings": {name: q.as_dict() for name, q in ceilings.items()},
         "cells": [r for r in results if r["tag"].startswith("c")],
         "devices_study": scaling,
         "seconds": time.perf_counter() - t_start,
@@ -313,6 +323,25 @@ def markdown(report: dict[str, Any]) -> str:
             f"{full['ndcg@10']:.4f} | {full['ndcg@10'] / als:.0%} | {full['hr@10']:.4f} | "
             f"{full['coverage']:.3f} | {r['epochs']} | {r['reported_share']:.0%} |"
         )
+    ceilings = report.get("ceilings", {})
+    if ceilings:
+        names = {
+            "popularity": "popularity from the raw ratings",
+            "segment_popularity": "popularity within the user's top genre, from the raw ratings",
+        }
+        lines += [
+            "",
+            "Centralised, from the raw training data, with no noise, budget or threshold, using "
+            "only what may cross the boundary (docs/evaluation.md):",
+            "",
+            "| reference | NDCG@10 | / ALS | HR@10 |",
+            "|---|---|---|---|",
+        ]
+        for name, q in ceilings.items():
+            lines.append(
+                f"| {names.get(name, name)} | {q['ndcg@10']:.4f} | {q['ndcg@10'] / als:.0%} | "
+                f"{q['hr@10']:.4f} |"
+            )
     if report["devices_study"]:
         lines += [
             "",
