@@ -136,11 +136,11 @@ def test_cell_config_carries_its_epsilon_and_population() -> None:
 def small_run(ml100k: MovieLens100K, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("eval")
     settings = EvaluationSettings(
-        cells=(Cell("ldp", 2.0, 20),),
+        cells=(Cell("ldp", 2.0, 50),),  # the default cell, which the device study ends with
         tuning_budget=2,
         cap_days=7,
         user_fraction=40 / 943,
-        device_fractions=(),
+        device_fractions=(0.5,),
         workers=1,
     )
     stages: list[tuple[str, float]] = []
@@ -153,7 +153,8 @@ def test_small_run_writes_table_json_and_plot(small_run: dict) -> None:
     on_disk = json.loads((out / "evaluation.json").read_text())
     assert on_disk["data"]["users"] == 40
     table = (out / "evaluation.md").read_text()
-    assert "| ldp ε=2 k=20 |" in table and "ALS (centralised" in table
+    assert "| ldp ε=2 k=50 |" in table and "ALS (centralised" in table
+    assert "| 20 |" in table and "| 40 |" in table  # the device-count study
     assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ("grid", 1.0) in small_run["stages"]
 
@@ -179,6 +180,9 @@ def test_small_run_measures_every_ranker(small_run: dict) -> None:
     assert als["users"] == 40 and 0 < als["ndcg@10"] <= 1
     for name in ("popularity", "segment_popularity"):
         assert report["ceilings"][name]["users"] == 40
+    study = sorted(report["devices_study"], key=lambda s: s["devices"])
+    assert [s["devices"] for s in study] == [20, 40]
+    assert study[0]["als"]["users"] == 20 and study[1]["full"] == cell["metrics"]["full/0"]
     # tuned on validation: the chosen knobs are among the searched ones and scored there
     assert report["tuning"]["localrank_validation_ndcg"] >= 0
     assert report["tuning"]["als_validation_ndcg"] > 0

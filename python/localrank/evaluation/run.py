@@ -205,35 +205,38 @@ def _evaluate(
     default = Cell("ldp", 2.0, 50)
     say("fleets", 0.0)
     base = _bundle(ws, default)
-    test_fleet = build_fleet(root / "tpl-test", data, split, users, base, pub)
-    val_fleet = build_fleet(root / "tpl-val", data, validation, users, base, pub)
-    say("fleets", 1.0)
-
-    # Tuning, on validation only, with the same budget for both.
     tunings = tuning_grid(settings.tuning_budget, settings.seed)
-    val = _cell_run((ws, val_fleet, default, settings.cap_days, Tuning(), tunings, "val"))
-    full_scores = [val["metrics"][f"full/{j}"]["ndcg@10"] for j in range(len(tunings))]
-    best = tunings[int(np.argmax(full_scores))]
-    als_params, als_val = tune_als(
-        split.subsample_users(users), settings.tuning_budget, settings.seed
-    )
-    say("tuning", 1.0)
-
-    # The grid (and the device-count study), in parallel worker processes.
-    jobs = [
-        (ws, test_fleet, cell, settings.cap_days, best, [best], f"c{i}")
-        for i, cell in enumerate(settings.cells)
-    ]
-    for frac in settings.device_fractions:
-        keep = np.sort(rng.choice(users, size=max(2, round(frac * users.size)), replace=False))
-        small = Fleet(
-            test_fleet.directory,
-            test_fleet.public_key,
-            tuple(d for d in test_fleet.devices if d.user in set(keep.tolist())),
-        )
-        jobs.append((ws, small, default, settings.cap_days, best, [best], f"n{frac:g}"))
     results: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=settings.workers) as pool:
+        # Tuning, on validation only, with the same budget for both. The validation cell runs
+        # in a worker while this process builds the test fleet and tunes ALS.
+        val_fleet = build_fleet(root / "tpl-val", data, validation, users, base, pub)
+        val_job = pool.submit(
+            _cell_run, (ws, val_fleet, default, settings.cap_days, Tuning(), tunings, "val")
+        )
+        test_fleet = build_fleet(root / "tpl-test", data, split, users, base, pub)
+        say("fleets", 1.0)
+        als_params, als_val = tune_als(
+            split.subsample_users(users), settings.tuning_budget, settings.seed
+        )
+        val = val_job.result()
+        full_scores = [val["metrics"][f"full/{j}"]["ndcg@10"] for j in range(len(tunings))]
+        best = tunings[int(np.argmax(full_scores))]
+        say("tuning", 1.0)
+
+        # The grid (and the device-count study).
+        jobs = [
+            (ws, test_fleet, cell, settings.cap_days, best, [best], f"c{i}")
+            for i, cell in enumerate(settings.cells)
+        ]
+        for frac in settings.device_fractions:
+            keep = np.sort(rng.choice(users, size=max(2, round(frac * users.size)), replace=False))
+            small = Fleet(
+                test_fleet.directory,
+                test_fleet.public_key,
+                tuple(d for d in test_fleet.devices if d.user in set(keep.tolist())),
+            )
+            jobs.append((ws, small, default, settings.cap_days, best, [best], f"n{frac:g}"))
         for i, r in enumerate(pool.map(_cell_run, jobs)):
             results.append(r)
             say("grid", (i + 1) / len(jobs))
@@ -267,9 +270,20 @@ def _evaluate(
                 {
                     "devices": r["devices"],
                     "full": r["metrics"]["full/0"],
+                    "popularity": r["metrics"]["off/0"],
                     "als": als_quality(kept).as_dict(),
                 }
             )
+    whole = [r for r in results if r["tag"].startswith("c") and r["name"] == default.name]
+    if scaling and whole:  # the study's last point: the default cell on every device
+        scaling.append(
+            {
+                "devices": whole[0]["devices"],
+                "full": whole[0]["metrics"]["full/0"],
+                "popularity": whole[0]["metrics"]["off/0"],
+                "als": als.as_dict(),
+            }
+        )
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": {**asdict(settings), "cells": [c.name for c in settings.cells]},
@@ -345,13 +359,13 @@ def markdown(report: dict[str, Any]) -> str:
     if report["devices_study"]:
         lines += [
             "",
-            "| devices | on-device full NDCG@10 | ALS NDCG@10 | full / ALS |",
-            "|---|---|---|---|",
+            "| devices | popularity NDCG@10 | on-device full NDCG@10 | ALS NDCG@10 | full / ALS |",
+            "|---|---|---|---|---|",
         ]
         for s in sorted(report["devices_study"], key=lambda s: s["devices"]):
             lines.append(
-                f"| {s['devices']} | {s['full']['ndcg@10']:.4f} | "
-                f"{s['als']['ndcg@10']:.4f} | "
+                f"| {s['devices']} | {s['popularity']['ndcg@10']:.4f} | "
+                f"{s['full']['ndcg@10']:.4f} | {s['als']['ndcg@10']:.4f} | "
                 f"{s['full']['ndcg@10'] / s['als']['ndcg@10']:.0%} |"
             )
     return "\n".join(lines) + "\n"
