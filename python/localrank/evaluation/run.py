@@ -378,7 +378,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     series: dict[str, list[tuple[float, float]]] = {}
     flat: list[tuple[str, float]] = []
     for r in report["cells"]:
@@ -411,7 +411,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("ε (per report in ldp mode; the server's in central mode)")
     ax.set_ylabel("NDCG@10")
     ax.set_title("MovieLens-100K: quality against privacy")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
