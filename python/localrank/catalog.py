@@ -274,11 +274,17 @@ class Catalog:
         """bool[n]: offers tied to a place."""
         return ~np.isnan(self.lat)
 
-    def index_of(self, offer_id: str) -> int:
+    @property
+    def row_of(self) -> Mapping[str, int]:
+        """Offer id → row, for converting many ids at once (do not modify)."""
         idx: dict[str, int] | None = self.__dict__.get("_idx")
         if idx is None:
             idx = {o: i for i, o in enumerate(self.ids)}
             object.__setattr__(self, "_idx", idx)
+        return idx
+
+    def index_of(self, offer_id: str) -> int:
+        idx = self.row_of
         try:
             return idx[offer_id]
         except KeyError:

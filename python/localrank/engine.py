@@ -569,20 +569,26 @@ class Engine:
         cap = self._settings.offer_cap
         catalog = self.bundle.catalog
         fatigue = np.zeros(len(catalog), dtype=np.float32)
+        # three range scans of the (kind, t, offer) index, one per kind
         rows = self._store.query(
-            "SELECT offer, SUM(CASE WHEN kind = 'impression' AND t > ? THEN 1 ELSE 0 END), "
-            "       MAX(CASE WHEN kind IN ('dismiss', 'purchase') THEN 1 ELSE 0 END) "
-            "FROM events WHERE offer IS NOT NULL AND t <= ? AND "
-            "((kind = 'impression' AND t > ?) OR (kind = 'dismiss' AND t > ?) "
-            " OR kind = 'purchase') GROUP BY offer",
-            (t - 86400, t, t - 86400, t - 7 * 86400),
+            "SELECT offer, SUM(shown), MAX(done) FROM ("
+            " SELECT offer, 1 AS shown, 0 AS done FROM events"
+            "  WHERE kind = 'impression' AND t > ? AND t <= ? AND offer IS NOT NULL"
+            " UNION ALL SELECT offer, 0, 1 FROM events"
+            "  WHERE kind = 'dismiss' AND t > ? AND t <= ? AND offer IS NOT NULL"
+            " UNION ALL SELECT offer, 0, 1 FROM events"
+            "  WHERE kind = 'purchase' AND t <= ? AND offer IS NOT NULL"
+            ") GROUP BY offer",
+            (t - 86400, t, t - 7 * 86400, t, t),
         )
-        for offer, shown, done in rows:
-            try:
-                i = catalog.index_of(offer)
-            except InputError:
-                continue
-            fatigue[i] = float(shown or 0) + (cap if done else 0)
+        if rows:
+            ids = catalog.row_of
+            found = [(ids[o], shown, done) for o, shown, done in rows if o in ids]
+            if found:
+                at, shown, done = zip(*found, strict=True)
+                fatigue[list(at)] = np.asarray(shown, np.float32) + np.where(
+                    np.asarray(done, bool), np.float32(cap), np.float32(0)
+                )
         return fatigue
 
     def scoring_inputs(
