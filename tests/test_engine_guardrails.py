@@ -496,3 +496,64 @@ def test_visits_shape_the_region_only_once_matured_and_repeated(tmp_path: Path, 
     # and the segments row can be told to leave the region out
     engine.update_settings(context_overrides={"segments": ["purchases", "browsing"]})
     assert engine.segment().finest_path == pair
+
+
+# -- fatigue from the cached events equals its definition over the store ----------------------
+
+
+def _fatigue_by_sql(path: Path, engine: Engine, t: float, cap: int) -> np.ndarray:
+    """The definition, as one query over the stored events: impressions in the last 24 h,
+    plus ``cap`` for a dismiss in the last 7 days or any purchase, up to ``t``."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    rows = con.execute(
+        "SELECT offer, SUM(CASE WHEN kind = 'impression' AND t > ? THEN 1 ELSE 0 END), "
+        "MAX(CASE WHEN kind IN ('dismiss', 'purchase') THEN 1 ELSE 0 END) FROM events "
+        "WHERE offer IS NOT NULL AND t <= ? AND ((kind = 'impression' AND t > ?) OR "
+        "(kind = 'dismiss' AND t > ?) OR kind = 'purchase') GROUP BY offer",
+        (t - DAY, t, t - DAY, t - 7 * DAY),
+    ).fetchall()
+    con.close()
+    out = np.zeros(len(engine.bundle.catalog), np.float32)
+    for offer, shown, done in rows:
+        out[engine.bundle.catalog.index_of(offer)] = shown + (cap if done else 0)
+    return out
+
+
+def test_fatigue_follows_every_write_to_the_store(tmp_path: Path, keys, plain):
+    """Fatigue is computed from the events the engine has cached; it must equal the definition
+    after this engine's writes, another engine's writes to the same file, forgetting, and
+    with time moving both ways."""
+    path = tmp_path / "device.db"
+    engine, clock = open_engine(path, keys, plain)
+    other, _ = open_engine(path, keys, None, clock=clock)
+    engine.update_settings(offer_cap=3, daily_cap=10_000)
+    rng = np.random.default_rng(5)
+    offers = [o for o in engine.bundle.catalog.ids if o not in SENSITIVE][:12]
+    kinds = ("impression", "dismiss", "purchase", "click", "view")
+    for step in range(120):
+        writer = engine if rng.random() < 0.6 else other
+        kind = kinds[int(rng.integers(len(kinds)))]
+        t = clock.now() - float(rng.uniform(0, 9 * DAY))
+        writer.record(kind, context="shopping", offer=offers[int(rng.integers(12))], now=t)
+        if step % 17 == 16:
+            ids_ = [e for e, _ in sqlite_event_ids(path)][:2]
+            other.forget(event_ids=ids_)
+        if step % 5 == 0:
+            clock.set(clock.now() + float(rng.uniform(-2 * HOUR, 9 * HOUR)))
+            t_now = clock.now()
+            got = engine.scoring_inputs("shopping").guardrails.fatigue
+            want = _fatigue_by_sql(path, engine, t_now, 3)
+            np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+    engine.close()
+    other.close()
+
+
+def sqlite_event_ids(path: Path) -> list[tuple[int, str]]:
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    rows = con.execute("SELECT id, kind FROM events ORDER BY id").fetchall()
+    con.close()
+    return rows
