@@ -499,6 +499,8 @@ BAD: list[tuple[str, str, Callable[[Engine], Any]]] = [
     ("category", "not a string", lambda e: e.why_interest(["books"])),
     ("now", "in the future", lambda e: e.why_interest("books", now=FUTURE)),
     ("now", "in the future", lambda e: e.snooze(now=FUTURE)),
+    ("now", "in the future", lambda e: e.next_report_at(now=FUTURE)),
+    ("now", "a string", lambda e: e.next_report_at(now="soon")),
     ("limit", "not a number", lambda e: e.events(limit="all")),
     ("limit", "negative", lambda e: e.events(limit=-1)),
     # forget

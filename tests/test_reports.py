@@ -153,6 +153,34 @@ def test_budget_exhaustion_refuses_and_says_why(tmp_path: Path) -> None:
     assert sum(e.epsilon for e in ledger) <= 9.0
 
 
+def test_next_report_at_says_when_the_30_day_budget_frees(tmp_path: Path) -> None:
+    engine, clock = open_engine(tmp_path, report_limit=10, epoch_epsilon=5.0, window_epsilon=9.0)
+    for o in plain_offers(engine, 12):
+        engine.record("click", context="shopping", offer=o, now=T0 - 60)
+    assert engine.next_report_at() == clock.now()  # nothing spent yet
+    drain(engine, clock, 2)  # 8 of the 30-day 9 spent, over two days
+    spends = [e.t for e in engine.privacy_ledger() if e.kind == "report"]
+    at = engine.next_report_at()
+    # the first day's two reports age out together: then 4 of 9 are spent and one more fits
+    assert at == pytest.approx(min(spends) + 30 * DAY)
+    assert at > clock.now()
+    clock.set(at - 1)
+    assert engine.take_batch() is None
+    assert any("30-day budget is spent" in s for s in engine.last_report_stops)
+    clock.set(at)
+    assert engine.next_report_at() == at
+    batch = engine.take_batch()
+    assert batch is not None and any(r["kind"] == "engagement" for r in batch.reports)
+
+
+def test_next_report_at_is_now_in_central_mode(tmp_path: Path) -> None:
+    engine, clock = open_engine(tmp_path, mode="central", window_epsilon=2.0)
+    for o in plain_offers(engine, 6):
+        engine.record("click", context="shopping", offer=o, now=T0 - 60)
+    drain(engine, clock, 3)  # the census spends the whole 30-day budget; engagements spend 0
+    assert engine.next_report_at() == clock.now()
+
+
 def test_memo_survives_a_restart_and_is_drawn_once(tmp_path: Path) -> None:
     engine, clock = open_engine(tmp_path, segment_depth=1)  # d_seg = 18: GRR
     o = plain_offers(engine, 1)[0]

@@ -918,6 +918,17 @@ class Engine:
         t = self._now(now)
         return int(self._store.query("SELECT COUNT(*) FROM pending WHERE t <= ?", (t,))[0][0])
 
+    def next_report_at(self, *, now: float | None = None) -> float:
+        """When this device could next make an engagement report under its 30-day privacy
+        budget: ``now`` when one fits now, else the moment enough past spending ages out. A
+        sync client can sleep until then instead of waking up to send nothing. (In central
+        mode an engagement report spends no local ε, so this is always ``now``.)"""
+        t = self._now(now)
+        c = self.bundle.config
+        if c.mode != "ldp":
+            return t
+        return self._reporter.accountant.window_frees_at(c.epsilon, c, t)
+
     def take_batch(self, *, now: float | None = None) -> OutboxBatch | None:
         """Make this epoch's due reports (within ``L`` and the budgets) and hand out the next
         batch to send, or None. Until :meth:`acknowledge` is called, the same batch (same

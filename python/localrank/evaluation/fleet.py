@@ -146,7 +146,8 @@ def run_reports(
     Each day (at noon UTC) every device whose history has started syncs: it loads the newest
     bundle when one was published, and makes and sends its due reports — only events that have
     happened by then can be reported, under the bundle's L and budgets. A device with nothing
-    waiting syncs once a week (the census cadence). The server publishes every
+    waiting, or whose 30-day budget allows no report yet (``Engine.next_report_at``), syncs
+    once a week (the census cadence). The server publishes every
     ``publish_every_days`` (before that day's syncs) and once more at the end. After the
     training period the run stops as soon as every backlog is drained."""
     start = float(np.floor(first_day / SECONDS_PER_DAY) * SECONDS_PER_DAY)
@@ -175,7 +176,11 @@ def run_reports(
                     engine = Engine.open(d.path, public_key=fleet.public_key, clock=clock)
                     engines[d.user] = engine
                 waiting = engine.report_backlog()
-                if waiting == 0 and day - last_sync.get(d.user, -7) < 7:
+                weekly = day - last_sync.get(d.user, -7) >= 7
+                if not weekly and (waiting == 0 or engine.next_report_at() > now):
+                    # nothing to send, or the 30-day budget allows nothing yet: the device
+                    # sleeps until its weekly sync (about 45% of daily syncs sent nothing)
+                    backlog += waiting
                     continue
                 if loaded.get(d.user) is not latest:
                     try:

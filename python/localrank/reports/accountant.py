@@ -73,6 +73,24 @@ class Accountant:
             )
         return None
 
+    def window_frees_at(self, epsilon: float, config: BundleConfig, now: float) -> float:
+        """The earliest time, from ``now`` on, at which spending ``epsilon`` fits the rolling
+        30-day budget: ``now`` if it fits already, else the moment enough past spending has
+        aged out of the window. (The epoch budget frees at the next UTC day.)"""
+        rows = self._store.query(
+            "SELECT t, epsilon FROM ledger WHERE kind = 'report' AND t > ? ORDER BY t",
+            (now - WINDOW_S,),
+        )
+        spent = sum(e for _, e in rows)
+        if spent + epsilon <= config.window_epsilon + 1e-9:
+            return now
+        for t, e in rows:
+            spent -= e
+            if spent + epsilon <= config.window_epsilon + 1e-9:
+                # the entry at t counts while the window (now - 30 days, now] holds it
+                return float(t) + WINDOW_S
+        return now + WINDOW_S  # unreachable: an empty window always has room for one report
+
     @staticmethod
     def record(
         db: Any, *, t: float, kind: str, epsilon: float, report: str | None, note: str
