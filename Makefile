@@ -130,8 +130,8 @@ smoke-arm64: venv
 stats: build
 	$(PY) -m pytest -q -s -m 'slow or stats' tests/test_estimators.py tests/test_ldp.py
 
-# The MovieLens-100K evaluation (docs/evaluation.md): the default grid, ~10-15 min on 2 cores.
-# `make eval-quick` runs the small grid (~3 min). make test runs a 40-user version.
+# The MovieLens-100K evaluation (docs/evaluation.md): the default grid, ~13 min on 2 cores.
+# `make eval-quick` runs the small grid (~45 s). make test runs a 40-user version.
 .PHONY: eval eval-quick
 eval: build
 	$(BIN)/localrank evaluate --out eval-results
