@@ -23,6 +23,25 @@ def tol(s: float) -> float:
     return 1e-5 * max(1.0, abs(s))
 
 
+def _round_away(x: np.ndarray) -> np.ndarray:
+    """Rust's f32::round: halves away from zero (numpy's round goes to even)."""
+    return (np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))).astype(np.float32)
+
+
+def user_int8(u: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """The kernel's two-limb quantisation of the user vector (rust/localrank-core/src/int8.rs,
+    ``UserInt8``): ``u ≈ step·wide`` with ``wide = 254·hi + lo``; returns (wide, step)."""
+    m = np.float32(np.max(np.abs(u)))
+    if m == 0:
+        return np.zeros(u.shape, np.int64), np.float32(0)
+    scale = np.float32(m / np.float32(127))
+    x = (u / scale).astype(np.float32)
+    hi = np.clip(_round_away(x), -127, 127)
+    lo = np.clip(_round_away(((x - hi) * np.float32(254)).astype(np.float32)), -127, 127)
+    wide = hi.astype(np.int64) * 254 + lo.astype(np.int64)
+    return wide, np.float32(scale / np.float32(254))
+
+
 def reference(u, E, bias, category, prior, eligible, w_dot, w_prior, adjust):
     """Every row's score in float64 (NaN where ineligible)."""
     s = w_dot * (E.astype(np.float64) @ u.astype(np.float64)) + bias + w_prior * prior[category]
@@ -80,9 +99,9 @@ def main() -> int:
 
         q, scale = localrank.quantize_int8(E)
         q[:, ::5] = -128  # the stored row may hold -128; quantize_int8 never writes it
-        qu, u_scale = localrank.quantize_int8(u[None, :])
-        idot = q.astype(np.int64) @ qu[0].astype(np.int64)  # exact
-        qdot = idot.astype(np.float64) * (float(u_scale[0]) * scale.astype(np.float64))
+        wide, step = user_int8(u)
+        idot = q.astype(np.int64) @ wide  # exact
+        qdot = (idot.astype(np.float32) * (step * scale)).astype(np.float64)
         ref8 = np.where(eligible, 0.8 * qdot + bias + 1.5 * prior[category] + adjust, np.nan)
 
         for k in (1, 10, n):
