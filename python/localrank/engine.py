@@ -485,14 +485,17 @@ class Engine:
             self._profile = Profile(self.bundle, self.tuning.rules)
             self._generation = generation
         profile = self._profile
-        cached = self._event_rows
-        self._event_rows += self._store.query(
-            "SELECT e.id, e.kind, e.t, e.strength, e.offer, "
-            "       (SELECT group_concat(category, char(31)) FROM event_categories "
-            "        WHERE event_id = e.id) "
-            "FROM events e WHERE e.id > ? ORDER BY e.id",
-            (cached[-1][0] if cached else 0,),
+        cached = self._event_rows  # read only what is newer than the cache
+        cached.extend(
+            self._store.query(
+                "SELECT e.id, e.kind, e.t, e.strength, e.offer, "
+                "       (SELECT group_concat(category, char(31)) FROM event_categories "
+                "        WHERE event_id = e.id) "
+                "FROM events e WHERE e.id > ? ORDER BY e.id",
+                (cached[-1][0] if cached else 0,),
+            )
         )
+        # fold only what the profile has not seen (all of it after a rebuild)
         rows = cached[bisect.bisect_right(cached, profile.last_event_id, key=lambda r: r[0]) :]
         names = self.bundle.taxonomy.ids
         catalog = self.bundle.catalog

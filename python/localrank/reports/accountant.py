@@ -40,6 +40,11 @@ class LedgerEntry:
     note: str
 
 
+def _fits_window(spent: float, epsilon: float, config: BundleConfig) -> bool:
+    """Whether ``epsilon`` more fits the 30-day budget after ``spent`` (float slack only)."""
+    return spent + epsilon <= config.window_epsilon + 1e-9
+
+
 class Accountant:
     """Reads and writes the ledger table of the device store."""
 
@@ -66,7 +71,7 @@ class Accountant:
                 f"the epoch budget is spent: {epoch:g} of ε = {config.epoch_epsilon:g} used "
                 f"today, this report needs {epsilon:g}"
             )
-        if window + epsilon > config.window_epsilon + 1e-9:
+        if not _fits_window(window, epsilon, config):
             return (
                 f"the 30-day budget is spent: {window:g} of ε = {config.window_epsilon:g} "
                 f"used, this report needs {epsilon:g}"
@@ -82,11 +87,11 @@ class Accountant:
             (now - WINDOW_S,),
         )
         spent = sum(e for _, e in rows)
-        if spent + epsilon <= config.window_epsilon + 1e-9:
+        if _fits_window(spent, epsilon, config):
             return now
         for t, e in rows:
             spent -= e
-            if spent + epsilon <= config.window_epsilon + 1e-9:
+            if _fits_window(spent, epsilon, config):
                 # the entry at t counts while the window (now - 30 days, now] holds it
                 return float(t) + WINDOW_S
         return now + WINDOW_S  # unreachable: an empty window always has room for one report
