@@ -14,6 +14,12 @@
       ``search_path`` set to it, so unqualified table names land in it.
   ``pg_schema_url`` (function)
       Just ``pg_schema.url``, for code that takes a database URL.
+- MovieLens-100K (docs/data.md): ``cache_dir`` (session), the verified cache, fetched once;
+  ``ml100k`` (session), the parsed data. When the data cannot be fetched the tests fail, with
+  the loader's message; they never fall back to other data.
+- The engine tests' world (``engine_fixtures.py``): ``keys`` (module), a signing key pair that
+  builds signed bundles of the small catalog, and ``plain`` (module), that bundle with every
+  segment unpublished.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import pytest
 
 import localrank
+from engine_fixtures import Keys
+from localrank.errors import DataUnavailableError
+from localrank.movielens import MovieLens100K, fetch_movielens_100k, load_movielens_100k
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_URL_ENV = "LOCALRANK_TEST_PG_URL"
@@ -137,3 +146,33 @@ def pg_schema(postgres_url: str) -> Iterator[PgSchema]:
 def pg_schema_url(pg_schema: PgSchema) -> str:
     """The URL of this test's own schema (``search_path`` set to it)."""
     return pg_schema.url
+
+
+# -- MovieLens-100K ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    try:
+        return fetch_movielens_100k()
+    except DataUnavailableError as exc:
+        pytest.fail(f"MovieLens-100K is required by these tests: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def ml100k(cache_dir: Path) -> MovieLens100K:
+    return load_movielens_100k(cache_dir)
+
+
+# -- the engine tests' signed bundles ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def plain(keys: Keys) -> bytes:
+    """The small catalog with every segment unpublished: the active segment is the root."""
+    return keys.bundle()

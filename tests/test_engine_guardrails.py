@@ -39,17 +39,6 @@ SENSITIVE = {"o-health-1", "o-health-2", "o-pharmacy-1", "o-gambling-1"}
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture(scope="module")
-def plain(keys: Keys) -> bytes:
-    """The small catalog with every segment unpublished: the active segment is the root."""
-    return keys.bundle()
-
-
-@pytest.fixture(scope="module")
 def published(keys: Keys) -> bytes:
     """The small catalog with every segment published and a distinct prior per segment."""
     return keys.bundle(**published_priors())

@@ -33,16 +33,6 @@ from localrank.store import MIGRATIONS, SCHEMA_VERSION
 CATEGORIES = {o.id: set(o.categories) for o in offers()}
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture(scope="module")
-def plain(keys: Keys) -> bytes:
-    return keys.bundle()
-
-
 def raw_bytes(db: Path) -> dict[str, bytes]:
     """The database, WAL and shared-memory files as they are on disk right now."""
     out = {}

@@ -14,22 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localrank.errors import DataUnavailableError
 from localrank.evaluation.ceilings import popularity_rankings, segment_popularity_rankings
 from localrank.evaluation.grid import DEFAULT_GRID, QUICK_GRID, Cell
 from localrank.evaluation.metrics import quality
 from localrank.evaluation.run import EvaluationSettings, evaluate
 from localrank.evaluation.split import temporal_split
-from localrank.movielens import MovieLens100K, load_movielens_100k
-
-
-@pytest.fixture(scope="module")
-def ml100k() -> MovieLens100K:
-    try:
-        return load_movielens_100k()
-    except DataUnavailableError as exc:
-        pytest.fail(f"MovieLens-100K is required by these tests: {exc}", pytrace=False)
-
+from localrank.movielens import MovieLens100K
 
 # --- the split ---------------------------------------------------------------------------------
 

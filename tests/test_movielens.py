@@ -37,19 +37,6 @@ from localrank.movielens import (
 UNREACHABLE_INDEX = "http://127.0.0.1:9/simple/"
 
 
-@pytest.fixture(scope="session")
-def cache_dir() -> Path:
-    try:
-        return fetch_movielens_100k()
-    except DataUnavailableError as exc:
-        pytest.fail(f"MovieLens-100K is required by these tests: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def ml100k(cache_dir: Path) -> MovieLens100K:
-    return load_movielens_100k(cache_dir)
-
-
 @pytest.fixture
 def offline_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """pip pointed at an index where nothing listens, with no cache or config to fall back on."""
