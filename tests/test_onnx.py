@@ -626,6 +626,88 @@ def test_int8_recall_at_10_against_f32_is_at_least_099(signing_key: Path) -> Non
     assert recall >= 0.99
 
 
+INT16_MAX = 32767
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    raise AssertionError(f"no initializer {name!r} in the model")
+
+
+def _matmul_integer(model: onnx.ModelProto) -> onnx.NodeProto:
+    (node,) = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    return node
+
+
+@pytest.mark.parametrize("source", ["committed", "gaussian"])
+def test_int8_model_cannot_saturate_an_int16_pair_sum(source: str, signing_key: Path) -> None:
+    """Whatever CPU runs the model: onnxruntime on x86 without VNNI multiplies MatMulInteger's
+    uint8 activations by its int8 weights with ``vpmaddubsw``, which adds each *pair* of
+    products in saturating int16. From the model's own constants, the largest pair sum it can
+    form is ``2·max(a)·max|b|``, and it must stay ≤ 32,767 (docs/onnx.md)."""
+    if source == "committed":
+        model = onnx.load(str(MODELS / "localrank-scorer-int8.onnx"))
+    else:
+        model = ox.build_model(gaussian_bundle(signing_key, 500, 64, seed=3), k=10, int8=True)
+    node = _matmul_integer(model)
+    a_name, b_name, a_zero_name = node.input[:3]
+    assert a_name == "u_limbs"
+    weights = _initializer(model, b_name)
+    assert weights.dtype == np.int8
+    b_max = int(np.abs(weights.astype(np.int32)).max())
+    zero_point = int(_initializer(model, a_zero_name))
+    levels = float(_initializer(model, "limb_levels"))
+    low_divisor = float(_initializer(model, "low_limb"))
+    # hi = round(u / (peak/levels)) is within ±levels since |u| ≤ peak; the residual is at most
+    # half a hi step, so lo = round(residual / (step/low_divisor)) is within ±low_divisor/2.
+    limb_max = max(levels, math.ceil(low_divisor / 2))
+    a_min, a_max = zero_point - limb_max, zero_point + limb_max
+    assert 0 <= a_min and a_max <= 255
+    largest_pair_sum = 2 * a_max * b_max
+    assert largest_pair_sum <= INT16_MAX, (a_max, b_max, largest_pair_sum)
+
+    # The limbs the graph actually forms stay inside that range, for hostile u as well.
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(a_name, onnx.TensorProto.UINT8, None))
+    sess = session(probe)
+    n_inputs = {i.name: i for i in sess.get_inputs()}
+    d = int(weights.shape[0])
+    C = len(DEMO_TAXONOMY)
+    n = int(weights.shape[1])
+    base = {
+        "prior": np.zeros(C, np.float32),
+        "level": np.array(2, np.int64),
+        "context_id": np.array(0, np.int64),
+        "now": np.array(1.0),
+        "opt_in": np.zeros(C, bool),
+        "fatigue": np.zeros(n, np.float32),
+        "offer_cap": np.array(3, np.int64),
+        "location_allowed": np.array(False),
+        "location_granted": np.array(False),
+        "location": np.zeros(2, np.float32),
+    }
+    base = {k: v for k, v in base.items() if k in n_inputs}
+    rng = np.random.default_rng(7)
+    probes = [rng.standard_normal(d).astype(np.float32) for _ in range(200)]
+    one_hot = np.zeros(d, np.float32)
+    one_hot[0] = -3.0
+    half_steps = (np.arange(d, dtype=np.float32) + 0.5) / np.float32(d)  # residuals near s/2
+    probes += [one_hot, half_steps, -half_steps, np.full(d, 1e30, np.float32)]
+    probes += [np.full(d, 1e-40, np.float32), np.zeros(d, np.float32)]
+    for u in probes:
+        (limbs,) = sess.run([a_name], base | {"u": u})
+        assert limbs.min() >= a_min and limbs.max() <= a_max, (u[:4], limbs.min(), limbs.max())
+        # ... so vpmaddubsw's saturating pair sums are exact: emulate them for this u.
+        products = limbs.astype(np.int32)[:, :, None] * weights.astype(np.int32)[None, :, :]
+        pairs = products[:, 0::2, :] + np.pad(products[:, 1::2, :], ((0, 0), (0, d % 2), (0, 0)))
+        assert np.abs(pairs).max() <= INT16_MAX
+
+
 # ---------------------------------------------------------------------------------------------
 # Files: determinism, the committed models, the CLI, the ORT format
 

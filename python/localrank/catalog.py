@@ -155,19 +155,24 @@ def content_embeddings(
 ) -> np.ndarray:
     """Embeddings from public content only: each offer is the normalised mean of its categories'
     vectors (plus half its parents' vectors, so siblings are similar), nudged by a "local"
-    feature. Vectors come from hashing, so the result is deterministic."""
+    feature. Vectors come from hashing, so the result is deterministic.
+
+    The arithmetic is float64, element by element, with the norm's sum of squares taken by
+    ``math.fsum`` (correctly rounded, so independent of summation order) and one rounding to
+    float32 at the end: no BLAS call, whose reduction order depends on the CPU, so the committed
+    demo bundle has the same bytes on every machine."""
     if d < 1:
         raise InputError(f"d: expected ≥ 1, got {d}")
     cache: dict[str, np.ndarray] = {}
 
     def vec(token: str) -> np.ndarray:
         if token not in cache:
-            cache[token] = _token_vector(token, d)
+            cache[token] = _token_vector(token, d).astype(np.float64)
         return cache[token]
 
     out = np.zeros((len(categories), d), dtype=np.float32)
     for i, cats in enumerate(categories):
-        v = np.zeros(d, dtype=np.float32)
+        v = np.zeros(d, dtype=np.float64)
         for c in cats:
             v += vec("category:" + c)
             parent = taxonomy[taxonomy.index(c)].parent
@@ -176,8 +181,8 @@ def content_embeddings(
         v /= max(1, len(cats))
         if local[i]:
             v += 0.25 * vec("feature:local")
-        norm = float(np.linalg.norm(v))
-        out[i] = v / norm if norm > 0 else v
+        norm = math.sqrt(math.fsum((v * v).tolist()))
+        out[i] = (v / norm if norm > 0 else v).astype(np.float32)
     return out
 
 

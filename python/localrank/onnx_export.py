@@ -55,9 +55,11 @@ granted, and every returned row whose offer is masked reads −inf.
   operand takes a much slower path.
 - int8 (``int8=True``): the catalog's rows are quantised by :func:`localrank.quantize_int8`
   (the kernel's own least-squares scales) and stored transposed ``[d, n]``; the graph quantises
-  ``u`` into two uint8 limbs (zero point 128), ``u ≈ s·(hi + lo/254)``, as the Rust int8 kernel
-  does, so the user side adds almost no error, and runs one ``MatMulInteger`` (uint8 × int8,
-  the layout onnxruntime pre-packs). It is checked against f32 by recall, not bit for bit.
+  ``u`` into two *7-bit* uint8 limbs (zero point 64), ``u ≈ s·(hi + lo/126)``, so the user side
+  adds almost no error, and runs one ``MatMulInteger`` (uint8 × int8, the layout onnxruntime
+  pre-packs). Activations stay ≤ 127 so that no pair sum of ``uint8·int8`` products can pass
+  32,767: x86 CPUs without VNNI compute them with ``vpmaddubsw``, whose int16 pair sums
+  saturate (docs/onnx.md has the arithmetic). It is checked against f32 by recall.
 """
 
 from __future__ import annotations
@@ -314,25 +316,38 @@ def _dot_f32(g: _Graph, embeddings: np.ndarray, u: str) -> str:
     return g.op("Reshape", [dot, g.shared("n_shape", [n], np.int64)], "dot")
 
 
+# The user limbs are 7-bit: codes in [-LIMB_LEVELS, LIMB_LEVELS] around LIMB_ZERO_POINT, so every
+# uint8 activation is ≤ 127 and a pair of uint8·int8 products is ≤ 2·127·127 = 32,258 < 32,767.
+LIMB_LEVELS = 63
+LIMB_ZERO_POINT = 64
+# |residual| ≤ s/2, so the low limb's step s/(2·LIMB_LEVELS) keeps it within ±LIMB_LEVELS.
+LOW_LIMB_DIVISOR = 2 * LIMB_LEVELS
+
+
 def _dot_int8(g: _Graph, embeddings: np.ndarray, u: str) -> str:
-    """u·E[i] from int8 rows: ``u ≈ s·(hi + lo/254)`` in two uint8 limbs (zero point 128),
-    one MatMulInteger [2, d] × [d, n] → int32 [2, n], then ``scale[i]·(s·hi·q + s/254·lo·q)``."""
+    """u·E[i] from int8 rows: ``u ≈ s·(hi + lo/126)`` in two 7-bit uint8 limbs (zero point 64),
+    one MatMulInteger [2, d] × [d, n] → int32 [2, n], then ``scale[i]·(s·hi·q + s/126·lo·q)``.
+
+    7-bit activations are onnxruntime's own advice for CPUs without VNNI (``reduce_range``):
+    there ``MatMulInteger`` sums pairs of uint8·int8 products in saturating int16, and full-range
+    uint8 (255·127·2 = 64,770) overflows it."""
     from onnx import TensorProto
 
     from localrank import quantize_int8
 
     n, _ = embeddings.shape
     q, scale = quantize_int8(embeddings)
-    zp = g.const("zero_point_128", np.uint8(128))
+    zp = g.const("zero_point", np.uint8(LIMB_ZERO_POINT))
     peak = g.op("ReduceMax", [g.op("Abs", [u], "u_abs")], "u_peak", keepdims=0)
     nonzero = g.op("Greater", [peak, g.shared("f32_0", np.float32(0))], "u_nonzero")
-    step = g.op("Div", [peak, g.const("f32_127", np.float32(127))], "u_peak_step")
+    step = g.op("Div", [peak, g.const("limb_levels", np.float32(LIMB_LEVELS))], "u_peak_step")
     s_hi = g.op("Where", [nonzero, step, g.const("unit_step", np.float32(1))], "u_step_hi")
     hi = g.op("QuantizeLinear", [u, s_hi, zp], "u_hi")
     hi_value = g.op("DequantizeLinear", [hi, s_hi, zp], "u_hi_value")
     residual = g.op("Sub", [u, hi_value], "u_residual")
-    # |residual| ≤ s/2, so the low limb's step s/254 keeps it within ±127.
-    s_lo = g.op("Div", [s_hi, g.const("low_limb", np.float32(254))], "u_step_lo")
+    s_lo = g.op(
+        "Div", [s_hi, g.const("low_limb", np.float32(LOW_LIMB_DIVISOR))], "u_step_lo"
+    )
     lo = g.op("QuantizeLinear", [residual, s_lo, zp], "u_lo")
     axis0 = g.const("axis_0", [0], np.int64)
     limbs = g.op(
