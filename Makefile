@@ -18,17 +18,33 @@ RUST_SOURCES := Cargo.toml Cargo.lock $(shell find rust -name '*.rs' -o -name Ca
 
 all: build
 
-$(BIN)/maturin:
+# Every Python package comes from uv.lock (README: "Locked dependencies"). uv itself is pinned
+# here and in pyproject.toml's [tool.uv]; `make lock` refreshes the lock.
+UV_VERSION := 0.13.9
+LOCKED     := $(VENV)/.localrank-locked
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+
+$(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2"
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-venv: $(BIN)/maturin
-
-# Build the extension in release mode and install the package (editable) with its dev extras.
-$(STAMP): $(BIN)/maturin pyproject.toml $(RUST_SOURCES)
-	$(BIN)/maturin develop --release --extras dev --quiet
+# The dev and server extras at the locked versions (maturin among them), without the project.
+$(LOCKED): $(BIN)/uv uv.lock
+	$(BIN)/uv sync --frozen --inexact --no-install-project --extra dev --extra server --quiet
 	@touch $@
+
+venv: $(LOCKED)
+
+# Build the extension in release mode and install the package (editable). Its dependencies are
+# already installed from the lock, so maturin adds nothing; tests/test_lock.py checks that.
+$(STAMP): $(LOCKED) pyproject.toml $(RUST_SOURCES)
+	$(BIN)/maturin develop --release --quiet
+	@touch $@
+
+# Re-resolve uv.lock from pyproject.toml's ranges (the newest versions that satisfy them).
+.PHONY: lock
+lock: $(BIN)/uv
+	$(BIN)/uv lock --upgrade
 
 build: $(STAMP)
 

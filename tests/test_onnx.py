@@ -666,14 +666,15 @@ def test_int8_model_cannot_saturate_an_int16_pair_sum(source: str, signing_key: 
     # half a hi step, so lo = round(residual / (step/low_divisor)) is within ±low_divisor/2.
     limb_max = max(levels, math.ceil(low_divisor / 2))
     a_min, a_max = zero_point - limb_max, zero_point + limb_max
-    assert 0 <= a_min and a_max <= 255
+    assert a_min >= 0 and a_max <= 255
     largest_pair_sum = 2 * a_max * b_max
     assert largest_pair_sum <= INT16_MAX, (a_max, b_max, largest_pair_sum)
 
     # The limbs the graph actually forms stay inside that range, for hostile u as well.
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    probe.graph.output.append(onnx.helper.make_tensor_value_info(a_name, onnx.TensorProto.UINT8, None))
+    limbs_out = onnx.helper.make_tensor_value_info(a_name, onnx.TensorProto.UINT8, None)
+    probe.graph.output.append(limbs_out)
     sess = session(probe)
     n_inputs = {i.name: i for i in sess.get_inputs()}
     d = int(weights.shape[0])
