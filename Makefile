@@ -28,9 +28,10 @@ $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-# The dev and server extras at the locked versions (maturin among them), without the project.
+# The dev extra (which holds every other extra) at the locked versions, maturin among them,
+# without the project.
 $(LOCKED): $(BIN)/uv uv.lock
-	$(BIN)/uv sync --frozen --inexact --no-install-project --extra dev --extra server --quiet
+	$(BIN)/uv sync --frozen --inexact --no-install-project --extra dev --quiet
 	@touch $@
 
 venv: $(LOCKED)

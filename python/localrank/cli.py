@@ -79,7 +79,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="rank offers on the embedded demo defaults")
     demo.add_argument("-k", type=int, default=10, help="how many offers to show (default 10)")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_demo, needs=("server",))
 
     kernels = sub.add_parser("kernels", help="list the kernel paths this machine can run")
     kernels.set_defaults(func=_cmd_kernels)
@@ -133,13 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``localrank`` command line; returns the exit status."""
     from localrank.errors import LocalrankError
+    from localrank.extras import extra_for_module, install_hint, missing_extra
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    extra = missing_extra(getattr(args, "needs", ()))
+    if extra is not None:
+        print(install_hint(args.command, extra), file=sys.stderr)
+        return 2
     try:
         status: int = args.func(args)
     except LocalrankError as e:
         print(f"localrank: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        # A module only some runs need (psycopg for a PostgreSQL URL): name its extra.
+        extra = extra_for_module(e.name)
+        if extra is None:
+            raise
+        print(install_hint(args.command, extra), file=sys.stderr)
         return 2
     return status
 

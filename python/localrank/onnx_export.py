@@ -679,4 +679,4 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--w-dot", type=float, default=1.0, help="the engine's w_dot (default 1)")
     p.add_argument("--w-prior", type=float, default=1.0, help="the engine's w_prior (default 1)")
     p.add_argument("--now", type=float, default=None, help="POSIX time for the expiry check")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=_cmd_export, needs=("onnx",))

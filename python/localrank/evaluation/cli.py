@@ -55,4 +55,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cap-days", type=int, default=None, help="days simulated after training")
     p.add_argument("--user-fraction", type=float, default=None, help="share of users")
     p.add_argument("--tuning-budget", type=int, default=None, help="configurations per model")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate, needs=("eval", "server"))

@@ -141,9 +141,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=3600.0,
         help="seconds between aggregation runs inside the server (0: never)",
     )
-    serve.set_defaults(func=_cmd_serve)
+    serve.set_defaults(func=_cmd_serve, needs=("server",))
 
     agg = sub.add_parser("aggregate", help="fold closed epochs and publish a new signed bundle")
     _common(agg)
     agg.add_argument("--publish", action="store_true", help="publish even if nothing new")
-    agg.set_defaults(func=_cmd_aggregate)
+    agg.set_defaults(func=_cmd_aggregate, needs=("server",))
