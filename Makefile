@@ -20,13 +20,15 @@ all: build
 
 # Every Python package comes from uv.lock (README: "Locked dependencies"). uv itself is pinned
 # here and in pyproject.toml's [tool.uv]; `make lock` refreshes the lock.
-UV_VERSION := 0.13.9
+UV_VERSION  := 0.13.9
+# pip too: maturin installs the package with it, and the MovieLens fetch runs `pip download`.
+PIP_VERSION := 26.3
 LOCKED     := $(VENV)/.localrank-locked
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)" "uv==$(UV_VERSION)"
 
 # The dev extra (which holds every other extra) at the locked versions, maturin among them,
 # without the project.
