@@ -17,11 +17,9 @@
 //! scored again in f32 exactly as [`crate::score::score_topk`] scores them.
 
 use crate::error::{Error, Result};
-use crate::kernel::{scalar::Scalar, Kernel, Simd, BATCH};
-use crate::score::{
-    check_available, finish_batch, run_split, validate_user, EligibleRows, Matrix, Options, Ranked,
-    Terms,
-};
+use crate::kernel::{generic, scalar::Scalar, Kernel};
+use crate::pass::{Int8Job, Matrix, Terms};
+use crate::score::{check_available, run_split, validate_user, Options, Ranked};
 use crate::topk::TopK;
 
 /// The widest embedding the int8 kernels accept: keeps every i32 accumulator far from overflow
@@ -155,60 +153,10 @@ pub fn quantize_int8(e: Matrix<'_, f32>) -> Result<(Vec<i8>, Vec<f32>)> {
     Ok((q, scale))
 }
 
-/// Everything the int8 pass reads.
-pub(crate) struct Int8Job<'a> {
-    pub user: &'a UserInt8,
-    pub q: Matrix<'a, i8>,
-    pub scale: &'a [f32],
-    pub terms: Terms<'a>,
-    pub k: usize,
-}
-
-#[cold]
-pub(crate) fn scale_fault(scale: &[f32], i: usize) -> Option<Error> {
-    (!scale[i].is_finite()).then(|| {
-        Error::input(
-            "scale",
-            format!(
-                "expected finite values in eligible rows, got scale[{i}] = {}",
-                scale[i]
-            ),
-        )
-    })
-}
-
-/// The int8 pass over rows `lo..hi`, generic over the kernel path.
-///
-/// # Safety
-/// `S` must be available on this CPU.
-#[inline(always)]
-pub(crate) unsafe fn pass_i8<S: Simd>(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
-    let mut top = TopK::new(job.k, hi - lo);
-    let (t, q, user) = (&job.terms, &job.q, job.user);
-    let (uh, ul, uw) = (&user.hi[..], &user.lo[..], &user.wide[..]);
-    // The i64 dot converts to f32 with one rounding, the same on every path.
-    let dot = |i: usize, exact: i64| exact as f32 * (user.step * job.scale[i]);
-    let mut rows = EligibleRows::new(t.eligible, lo, hi);
-    while let Some(batch) = rows.next_batch::<BATCH>() {
-        let mut stored = [&[][..]; BATCH];
-        for (slot, &row) in stored.iter_mut().zip(&batch.rows) {
-            // SAFETY: rows are below hi <= n = q.rows.
-            *slot = unsafe { q.row_unchecked(row) };
-        }
-        let exact = S::user_dot_i8_batch(stored, uh, ul, uw);
-        let mut dots = [0f32; BATCH];
-        for r in 0..BATCH {
-            dots[r] = dot(batch.rows[r], exact[r]);
-        }
-        finish_batch(t, &mut top, batch, dots, |r| scale_fault(job.scale, r))?;
-    }
-    Ok(top)
-}
-
 fn dispatch_i8(job: &Int8Job<'_>, lo: usize, hi: usize, kernel: Kernel) -> Result<TopK> {
     match kernel {
         // SAFETY: the scalar path needs no target features.
-        Kernel::Scalar => unsafe { pass_i8::<Scalar>(job, lo, hi) },
+        Kernel::Scalar => unsafe { generic::pass_i8::<Scalar>(job, lo, hi) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `check_available` ran in `score_topk_int8` before any pass.
         Kernel::Avx2 => unsafe { crate::kernel::x86::pass_i8(job, lo, hi) },

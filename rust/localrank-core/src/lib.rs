@@ -10,6 +10,7 @@ pub mod error;
 pub mod int8;
 pub mod kernel;
 pub mod ldp;
+mod pass;
 pub mod score;
 pub mod topk;
 

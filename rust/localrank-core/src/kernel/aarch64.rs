@@ -19,8 +19,7 @@ use std::arch::asm;
 
 use super::Simd;
 use crate::error::Result;
-use crate::int8::Int8Job;
-use crate::score::F32Job;
+use crate::pass::{F32Job, Int8Job};
 use crate::topk::TopK;
 
 /// The NEON path: every aarch64 CPU that Linux runs on has it.
@@ -221,7 +220,7 @@ pub(crate) unsafe fn sum_f32(a: &[f32]) -> f32 {
 /// The CPU must have NEON.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn pass_f32(job: &F32Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
-    crate::score::pass_f32::<Neon>(job, lo, hi)
+    super::generic::pass_f32::<Neon>(job, lo, hi)
 }
 
 /// The int8 scoring pass on plain NEON (widening multiply-accumulate).
@@ -230,7 +229,7 @@ pub(crate) unsafe fn pass_f32(job: &F32Job<'_>, lo: usize, hi: usize) -> Result<
 /// The CPU must have NEON.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn pass_i8_neon(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
-    crate::int8::pass_i8::<Neon>(job, lo, hi)
+    super::generic::pass_i8::<Neon>(job, lo, hi)
 }
 
 /// The int8 scoring pass with SDOT.
@@ -239,5 +238,5 @@ pub(crate) unsafe fn pass_i8_neon(job: &Int8Job<'_>, lo: usize, hi: usize) -> Re
 /// The CPU must have NEON and dotprod.
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn pass_i8_sdot(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
-    crate::int8::pass_i8::<Sdot>(job, lo, hi)
+    super::generic::pass_i8::<Sdot>(job, lo, hi)
 }

@@ -1,8 +1,9 @@
 //! Kernel paths: the same dot products written for each instruction set.
 //!
-//! Every path implements [`Simd`]. The scoring passes in [`crate::score`] and [`crate::int8`]
-//! are generic over it and get compiled once per path, inside a function carrying that
-//! path's `#[target_feature]`, so the dot product inlines into the row loop.
+//! Every path implements [`Simd`]. The generic passes ([`generic`]) are generic over it and get
+//! compiled once per path, inside a function carrying that path's `#[target_feature]`, so the
+//! dot product inlines into the row loop. What a pass reads and its row machinery live in
+//! `crate::pass`, below both this module and the dispatchers.
 //!
 //! Adding a path means: a module implementing [`Simd`], a [`Kernel`] variant, its detection in
 //! [`Kernel::is_available`], and its arm in the dispatchers (`dispatch_f32` in
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub(crate) mod generic;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

@@ -17,9 +17,9 @@ use std::marker::PhantomData;
 
 use super::{Simd, BATCH};
 use crate::error::{Error, Result};
-use crate::int8::{scale_fault, Int8Job};
-use crate::score::{
-    embedding_row_fault, finish_row, flag_window, prefetch_pays, Batch, F32Job, Matrix, Terms,
+use crate::pass::{
+    embedding_row_fault, finish_row, flag_window, prefetch_pays, scale_fault, Batch, F32Job,
+    Int8Job, Matrix, Terms,
 };
 use crate::topk::TopK;
 
@@ -565,7 +565,7 @@ pub(crate) unsafe fn pass_f32_rows<R: Rows8, const FIXED: usize, const PREFETCH:
 pub(crate) unsafe fn pass_i8(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
     if job.q.cols > WIDE_BLOCK {
         // Rows too wide for one i32 block: the generic pass sums blocks in i64.
-        return crate::int8::pass_i8::<Avx2>(job, lo, hi);
+        return super::generic::pass_i8::<Avx2>(job, lo, hi);
     }
     let prefetch = prefetch_pays(hi - lo, job.q.cols);
     dispatch_width!(pass_i8_rows, Avx2, job.q.cols, prefetch, (job, lo, hi))

@@ -29,8 +29,7 @@ use std::arch::x86_64::*;
 use super::x86::{self, dispatch_width, Rows8, WIDE_BLOCK};
 use super::{Simd, BATCH};
 use crate::error::Result;
-use crate::int8::Int8Job;
-use crate::score::{prefetch_pays, F32Job};
+use crate::pass::{prefetch_pays, F32Job, Int8Job};
 use crate::topk::TopK;
 
 /// The AVX-512 path.
@@ -776,7 +775,7 @@ pub(crate) unsafe fn pass_i8(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<
     use x86::pass_i8_rows;
     if job.q.cols > WIDE_BLOCK {
         // Rows too wide for one i32 block: the generic pass sums blocks in i64.
-        return crate::int8::pass_i8::<Avx512>(job, lo, hi);
+        return super::generic::pass_i8::<Avx512>(job, lo, hi);
     }
     let prefetch = prefetch_pays(hi - lo, job.q.cols);
     dispatch_width!(pass_i8_rows, Avx512, job.q.cols, prefetch, (job, lo, hi))
