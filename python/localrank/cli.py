@@ -29,7 +29,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from localrank.bundle import generate_keypair
 
-    generate_keypair(args.private, args.public)
+    generate_keypair(args.private, args.public, force=args.force)
     print(f"wrote {args.private} (keep it secret) and {args.public}")
     return 0
 
@@ -87,6 +87,11 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for signing bundles")
     keygen.add_argument("--private", default="bundle-key.pem", help="private key file (PEM)")
     keygen.add_argument("--public", default="bundle-key.pub.pem", help="public key file (PEM)")
+    keygen.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing key files (atomically; a symlink is replaced, never followed)",
+    )
     keygen.set_defaults(func=_cmd_keygen)
 
     bundle = sub.add_parser("bundle", help="work with signed bundles")
