@@ -1,6 +1,7 @@
 """A misbehaving HTTP server on loopback for the sync client's bounds: it reads a request,
 then answers the way one ``behaviour`` says, and records for every connection how many bytes
 it got out and whether the client closed the connection before it had finished.
+``GET /v1/keys`` is answered 404 (a server without key rotation) and not recorded.
 
 ``drip_body``
     200, ``Content-Length`` 400, then the body one byte every 0.1 s (40 s in all).
@@ -39,6 +40,7 @@ class Connection:
     sent: int = 0
     finished: bool = False  # the server sent everything it meant to
     closed_early: bool = False  # the client closed the connection first
+    keys: bool = False  # a GET /v1/keys, answered 404 (no key rotation here)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -86,7 +88,7 @@ class HostileServer:
         ends by itself after 40 s)."""
         for conn in self.connections:
             conn.done.wait(timeout)
-        return self.connections
+        return [c for c in self.connections if not c.keys]
 
     def _serve(self, sock: socket.socket, conn: Connection) -> None:
         request = b""
@@ -95,6 +97,10 @@ class HostileServer:
             if not data:
                 return
             request += data
+        if request.startswith(b"GET /v1/keys"):
+            conn.keys = True
+            sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            return
 
         def send(data: bytes) -> None:
             sock.sendall(data)

@@ -149,6 +149,7 @@ class SyncClient:
         self.max_bundle_bytes = max_bundle_bytes
         self.max_answer_bytes = max_answer_bytes
         self._deadline_at = math.inf
+        self._keys_etag: str | None = None
         self.retries = retries
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
@@ -364,12 +365,14 @@ class SyncClient:
         Raises:
             SyncError: the server could not be reached.
             BundleError: the bundle was refused (bad signature, expired, rollback, …); the
-                last good bundle stays in use.
+                last good bundle stays in use. A refused key chain is a
+                :class:`~localrank.bundle.trust.KeyStatementError` (trust is unchanged).
         """
+        self._start_call()
+        self._fetch_keys()
         headers = {}
         with contextlib.suppress(LocalrankError):  # no bundle yet: fetch unconditionally
             headers["If-None-Match"] = f'"{self.engine.bundle.digest}"'
-        self._start_call()
         response = self._request(
             "GET",
             "/v1/bundle",
@@ -381,6 +384,32 @@ class SyncClient:
             return FetchResult("not_modified", self.engine.bundle.version)
         bundle = self.engine.load_bundle(response.content, now=now)
         return FetchResult("updated", bundle.version)
+
+    def _fetch_keys(self) -> None:
+        """Apply the server's key chain (``GET /v1/keys``) before the bundle, so a bundle
+        signed by a newly introduced key verifies, and one by a retired key does not."""
+        headers = {"If-None-Match": self._keys_etag} if self._keys_etag else {}
+        try:
+            response = self._request(
+                "GET",
+                "/v1/keys",
+                headers=headers,
+                accept="application/json",
+                max_bytes=self.max_answer_bytes,
+            )
+        except SyncError as e:
+            if e.status == 404:  # a server without key rotation
+                return
+            raise
+        if response.status_code == 304:
+            return
+        try:
+            doc = response.json()
+            statements = doc["statements"]
+        except (ValueError, KeyError, TypeError):
+            raise SyncError("GET /v1/keys: the answer is not a key chain") from None
+        self.engine.apply_key_statements(statements)
+        self._keys_etag = response.headers.get("etag")
 
     def flush(self, *, now: float | None = None) -> FlushResult:
         """Send every due batch; each is acknowledged once the server holds all its reports.

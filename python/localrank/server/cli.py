@@ -47,6 +47,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "(demos and tests only; a warning is printed on every start)",
     )
     p.add_argument(
+        "--key-chain",
+        default=None,
+        help="key-chain file served at /v1/keys (key rotation, see docs/server.md)",
+    )
+    p.add_argument(
         "--base-bundle",
         default=f"{_MODELS}/demo.bundle",
         help="bundle published first when the database holds none (must verify with --key)",
@@ -93,6 +98,7 @@ def _config(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyp
     return ServerConfig(
         db=args.db,
         key=_signing_key(args),
+        key_chain=args.key_chain,
         base_bundle=args.base_bundle,
         clock=ShiftedClock(offset) if args.now is not None else SystemClock(),
         aggregation=AggregationSettings(
