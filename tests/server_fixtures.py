@@ -66,7 +66,8 @@ class LiveServer(EmbeddedServer):
 def server_config(db: str, clock: FixedClock, **kw: Any) -> ServerConfig:
     kw.setdefault("aggregate_every", None)
     kw.setdefault("base_bundle", BASE_BUNDLE)
-    return ServerConfig(db=db, key=KEY, clock=clock, **kw)
+    kw.setdefault("key", KEY)
+    return ServerConfig(db=db, clock=clock, **kw)
 
 
 def base_bundle(path: Path, *, signing_key: Path = KEY, **config: Any) -> Path:

@@ -4,6 +4,8 @@ signed key statements, which no one holding neither key can forge, replay or rol
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import stat
 import subprocess
@@ -12,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from engine_fixtures import DAY, T0, Keys, open_engine
 from localrank.bundle import generate_keypair, load_private_key
-from localrank.errors import InputError
+from localrank.bundle.trust import (
+    KeyStatementError,
+    append_to_chain,
+    read_chain,
+    sign_retirement,
+    sign_transition,
+)
+from localrank.engine import Engine
+from localrank.errors import BundleSignatureError, InputError, LocalrankError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,3 +95,143 @@ def test_keygen_refuses_a_dangling_symlink(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"^private_path: .* already exists"):
         generate_keypair(key, pub)
     assert not target.exists()
+
+
+# -- key rotation --------------------------------------------------------------------------------
+
+
+
+@pytest.fixture(scope="module")
+def rotation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Keys, Keys, Keys, Keys]:
+    d = tmp_path_factory.mktemp("rotation")
+    return Keys(d, "old"), Keys(d, "new"), Keys(d, "newer"), Keys(d, "attacker")
+
+
+def test_old_new_newer_in_sequence_on_a_real_device_store(tmp_path: Path, rotation) -> None:
+    old, new, newer, _ = rotation
+    db = tmp_path / "device.db"
+    engine, clock = open_engine(db, old, old.bundle(version=1))
+    t1 = sign_transition(old.private.read_bytes(), new.public, sequence=1, valid_from=T0 + DAY)
+    # Before the transition is known, a bundle by the new key is refused.
+    with pytest.raises(BundleSignatureError):
+        engine.load_bundle(new.bundle(version=2))
+    assert engine.apply_key_statements([t1]) == 1
+    # Until valid_from both keys sign; then only the new one.
+    assert engine.load_bundle(old.bundle(version=2)).version == 2
+    assert engine.load_bundle(new.bundle(version=3)).version == 3
+    clock.set(T0 + DAY)
+    with pytest.raises(BundleSignatureError):
+        engine.load_bundle(old.bundle(version=4))
+    t2 = sign_transition(new.private.read_bytes(), newer.public, sequence=2, valid_from=T0 + DAY)
+    engine.close()
+    # The trust survives a restart: the app still ships the old key as configured.
+    engine = Engine.open(db, public_key=old.public, clock=clock)
+    assert engine.bundle.version == 3
+    assert engine.apply_key_statements([t1, t2]) == 1  # the whole chain, as /v1/keys serves it
+    assert engine.load_bundle(newer.bundle(version=4)).version == 4
+    for stale in (old, new):
+        with pytest.raises(BundleSignatureError):
+            engine.load_bundle(stale.bundle(version=5))
+    engine.close()
+    again = Engine.open(db, public_key=old.public, clock=clock)
+    assert again.bundle.version == 4  # verified at open under the chain's keys
+    assert again.trusted_key.public_bytes_raw() == load_public_raw(newer)
+    # Forgetting everything the user did does not forget the chain.
+    again.forget(everything=True)
+    with pytest.raises(BundleSignatureError):
+        again.load_bundle(new.bundle(version=5))
+
+
+def load_public_raw(keys: Keys) -> bytes:
+    from localrank.bundle import load_public_key
+
+    return load_public_key(keys.public).public_bytes_raw()
+
+
+def test_an_attacker_holding_neither_key_cannot_inject_one(tmp_path: Path, rotation) -> None:
+    old, new, newer, attacker = rotation
+    engine, _ = open_engine(tmp_path / "device.db", old, old.bundle(version=1))
+    evil = attacker.private.read_bytes()
+    # A transition signed by the attacker's own key is not by a trusted key: skipped.
+    own = sign_transition(evil, newer.public, sequence=1, valid_from=T0)
+    assert engine.apply_key_statements([own]) == 0
+    # The same, rewritten to claim the old key introduces the attacker's.
+    forged = json.loads(own["statement"])
+    forged["old"] = base64.b64encode(load_public_raw(old)).decode()
+    forged["new"] = base64.b64encode(load_public_raw(attacker)).decode()
+    text = json.dumps(forged, sort_keys=True, separators=(",", ":"))
+    with pytest.raises(KeyStatementError, match="bad signature"):
+        engine.apply_key_statements([{"statement": text, "signature": own["signature"]}])
+    # A genuine statement edited after signing (its new key swapped).
+    t1 = sign_transition(old.private.read_bytes(), new.public, sequence=1, valid_from=T0)
+    edited = json.loads(t1["statement"])
+    edited["new"] = base64.b64encode(load_public_raw(attacker)).decode()
+    text = json.dumps(edited, sort_keys=True, separators=(",", ":"))
+    with pytest.raises(KeyStatementError, match="bad signature"):
+        engine.apply_key_statements([{"statement": text, "signature": t1["signature"]}])
+    with pytest.raises(BundleSignatureError):
+        engine.load_bundle(attacker.bundle(version=2))
+    # Replay and rollback: after old → new → newer, replaying the first statement changes
+    # nothing, and a second statement under an applied number (even one the old key really
+    # signed, e.g. by an attacker who stole the retired old key) is refused as a fork.
+    t2 = sign_transition(new.private.read_bytes(), newer.public, sequence=2, valid_from=T0)
+    assert engine.apply_key_statements([t1, t2]) == 2
+    assert engine.apply_key_statements([t1]) == 0
+    assert engine.trusted_key.public_bytes_raw() == load_public_raw(newer)
+    fork = sign_transition(old.private.read_bytes(), attacker.public, sequence=1, valid_from=T0)
+    with pytest.raises(KeyStatementError, match="fork"):
+        engine.apply_key_statements([fork])
+    # Skipping ahead is refused too: statements are applied one number at a time.
+    t4 = sign_transition(newer.private.read_bytes(), attacker.public, sequence=4, valid_from=T0)
+    with pytest.raises(KeyStatementError, match="expected sequence 3"):
+        engine.apply_key_statements([t4])
+    # A retirement by a key older than the one it retires is refused.
+    backwards = sign_retirement(new.private.read_bytes(), newer.public, sequence=3)
+    with pytest.raises(KeyStatementError, match="newer than the one it retires"):
+        engine.apply_key_statements([backwards])
+    assert engine.trusted_key.public_bytes_raw() == load_public_raw(newer)
+    assert engine.load_bundle(newer.bundle(version=2)).version == 2
+
+
+def test_a_retired_keys_bundles_are_refused(tmp_path: Path, rotation) -> None:
+    old, new, _, _ = rotation
+    db = tmp_path / "device.db"
+    engine, clock = open_engine(db, old, old.bundle(version=1))
+    t1 = sign_transition(old.private.read_bytes(), new.public, sequence=1, valid_from=T0 + DAY)
+    engine.apply_key_statements([t1])
+    assert engine.load_bundle(old.bundle(version=2)).version == 2  # grace period
+    # The old key is compromised: the new key retires it before valid_from.
+    r2 = sign_retirement(new.private.read_bytes(), old.public, sequence=2)
+    engine.apply_key_statements([t1, r2])
+    with pytest.raises(BundleSignatureError):
+        engine.load_bundle(old.bundle(version=3))
+    engine.close()
+    # The installed bundle, signed by the retired key, is not used after a restart either.
+    again = Engine.open(db, public_key=old.public, clock=clock)
+    with pytest.raises(LocalrankError, match="no bundle loaded"):
+        again.bundle  # noqa: B018
+    assert again.load_bundle(new.bundle(version=3)).version == 3
+
+
+def test_keygen_rotates_and_the_server_serves_the_chain(tmp_path: Path, rotation) -> None:
+    from localrank.server.key_chain import key_chain_document
+
+    old = rotation[0]
+    chain = tmp_path / "keys.json"
+    new_key, new_pub = tmp_path / "new.pem", tmp_path / "new.pub.pem"
+    out = _keygen(
+        "--private", str(new_key), "--public", str(new_pub),
+        "--rotate-from", str(old.private), "--chain", str(chain), "--valid-from", str(T0),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    statements = read_chain(chain)
+    assert len(statements) == 1
+    doc = json.loads(key_chain_document(chain, new_key.read_bytes()))
+    assert doc["statements"] == statements
+    # A chain whose current key is not the signing key is refused at start.
+    with pytest.raises(InputError, match="not the signing key"):
+        key_chain_document(chain, old.private.read_bytes())
+    engine, _ = open_engine(tmp_path / "d.db", old, old.bundle(version=1))
+    assert engine.apply_key_statements(doc["statements"]) == 1
+    append_to_chain(chain, sign_retirement(new_key.read_bytes(), old.public, sequence=2))
+    assert engine.apply_key_statements(read_chain(chain)) == 1

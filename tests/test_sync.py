@@ -290,3 +290,32 @@ def test_a_wrong_content_type_is_refused(tmp_path: Path) -> None:
         with pytest.raises(SyncError, match=expected):
             client.fetch_bundle()
         assert len(server.finished_connections()) == 1  # not retried: a portal answers the same
+
+
+def test_a_device_follows_a_key_rotation_through_the_server(
+    db_url: str, clock: FixedClock, tmp_path: Path
+) -> None:
+    from localrank.bundle import generate_keypair
+    from localrank.bundle.trust import append_to_chain, sign_transition
+    from server_fixtures import KEY, base_bundle
+
+    new_key, new_pub = tmp_path / "new.pem", tmp_path / "new.pub.pem"
+    generate_keypair(new_key, new_pub)
+    chain = tmp_path / "keys.json"
+    append_to_chain(
+        chain, sign_transition(KEY.read_bytes(), new_pub, sequence=1, valid_from=clock.now())
+    )
+    base = base_bundle(tmp_path / "base.bundle", signing_key=new_key)
+    config = server_config(db_url, clock, key=new_key, key_chain=chain, base_bundle=base)
+    with LiveServer(create_app(config)) as server:
+        # The device ships the old (demo) public key only.
+        engine = Engine.open(tmp_path / "d.db", public_key=PUBLIC_KEY, clock=clock)
+        with SyncClient(engine, server.url) as client:
+            assert client.fetch_bundle().status == "updated"
+            from localrank.bundle import load_public_key
+
+            assert engine.trusted_key == load_public_key(new_pub)
+            assert client.fetch_bundle().status == "not_modified"
+        r = httpx.get(server.url + "/v1/keys")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert len(r.json()["statements"]) == 1
