@@ -66,11 +66,13 @@ class LiveServer(EmbeddedServer):
 def server_config(db: str, clock: FixedClock, **kw: Any) -> ServerConfig:
     kw.setdefault("aggregate_every", None)
     kw.setdefault("base_bundle", BASE_BUNDLE)
-    return ServerConfig(db=db, key=KEY, clock=clock, **kw)
+    kw.setdefault("key", KEY)
+    return ServerConfig(db=db, clock=clock, **kw)
 
 
-def base_bundle(path: Path, **config: Any) -> Path:
-    """The demo catalog under config overrides, signed with the demo key, written to ``path``."""
+def base_bundle(path: Path, *, signing_key: Path = KEY, **config: Any) -> Path:
+    """The demo catalog under config overrides, signed with ``signing_key`` (default the demo
+    key), written to ``path``."""
     from dataclasses import replace
 
     from localrank.bundle import build_bundle
@@ -83,7 +85,7 @@ def base_bundle(path: Path, **config: Any) -> Path:
     path.write_bytes(
         build_bundle(
             catalog=catalog, taxonomy=DEMO_TAXONOMY, config=cfg, version=1,
-            created=DEMO_CREATED, expires=DEMO_EXPIRES, signing_key=KEY.read_bytes(),
+            created=DEMO_CREATED, expires=DEMO_EXPIRES, signing_key=signing_key.read_bytes(),
         )
     )  # fmt: skip
     return path

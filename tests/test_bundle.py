@@ -40,6 +40,7 @@ from localrank.errors import (
     BundleError,
     BundleExpiredError,
     BundleFormatError,
+    BundleFromFutureError,
     BundleRollbackError,
     BundleSignatureError,
     BundleTruncatedError,
@@ -122,6 +123,12 @@ def refusals(keys: Keys, other_keys: Keys) -> list[tuple[str, type[BundleError],
             BundleExpiredError,
             "expired",
             keys.bundle(version=2, created=T0 - 10 * DAY, expires=T0 - DAY),
+        ),
+        (
+            "created a year in the future",
+            BundleFromFutureError,
+            "created in the future",
+            keys.bundle(version=2, created=T0 + 365 * DAY, expires=T0 + 400 * DAY),
         ),
         (
             "unknown container format",
@@ -312,6 +319,26 @@ def test_an_expired_bundle_in_use_keeps_serving_until_a_new_one(tmp_path: Path, 
     with pytest.raises(BundleExpiredError):
         again.load_bundle(keys.bundle(version=2, expires=T0 + DAY))
     assert again.load_bundle(keys.bundle(version=2, expires=T0 + 30 * DAY)).version == 2
+
+
+def test_a_bundle_from_the_future_is_refused_beyond_the_documented_skew(tmp_path: Path, keys):
+    """A device clock a few hours behind the server still takes fresh bundles; one created a
+    year ahead is refused, and does not pin the device to its version."""
+    from localrank.bundle.contents import MAX_CREATED_SKEW_S
+
+    assert MAX_CREATED_SKEW_S == DAY
+    engine, clock = open_engine(tmp_path / "device.db", keys, keys.bundle(version=1))
+    assert engine.load_bundle(keys.bundle(version=2, created=T0 + 6 * HOUR)).version == 2
+    future = keys.bundle(version=99, created=T0 + 365 * DAY, expires=T0 + 730 * DAY)
+    with pytest.raises(BundleFromFutureError, match=r"^bundle: created in the future"):
+        engine.load_bundle(future)
+    assert engine.bundle.version == 2
+    with pytest.raises(BundleFromFutureError):
+        engine.load_bundle(keys.bundle(version=3, created=T0 + DAY + 60))
+    assert engine.load_bundle(keys.bundle(version=3, created=T0 + DAY)).version == 3
+    # A year later the same bytes are an ordinary bundle.
+    clock.set(T0 + 365 * DAY)
+    assert engine.load_bundle(future).version == 99
 
 
 def test_a_new_server_key_does_not_lock_the_store(tmp_path: Path, keys, other_keys):

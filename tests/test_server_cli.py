@@ -21,6 +21,7 @@ from server_fixtures import (  # noqa: E402
     REPO,
     T0,
     ServeProcess,
+    base_bundle,
     demo_bundle,
     device_reports,
 )
@@ -50,7 +51,8 @@ def test_serve_replays_history_and_aggregate_publishes(tmp_path: Path) -> None:
 
     later = str(T0 + 3 * 86400)
     out = subprocess.run(
-        [sys.executable, "-m", "localrank.cli", "aggregate", "--db", db, "--now", later],
+        [sys.executable, "-m", "localrank.cli", "aggregate", "--db", db, "--now", later,
+         "--demo-key"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -71,8 +73,61 @@ def test_serve_replays_history_and_aggregate_publishes(tmp_path: Path) -> None:
 
 def test_cli_refuses_a_bad_database_url(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "localrank.cli", "aggregate", "--db", "mysql://x/y"],
+        [sys.executable, "-m", "localrank.cli", "aggregate", "--db", "mysql://x/y", "--demo-key"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 2
     assert "url: expected sqlite:///path or postgresql://" in out.stderr
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localrank.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["serve", "aggregate"])
+def test_serve_and_aggregate_refuse_to_start_without_a_key(tmp_path: Path, command: str) -> None:
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    out = _cli(command, "--db", db)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("localrank: error: --key:"), out.stderr
+    assert "--demo-key" in lines[0]
+    assert not (tmp_path / "k.db").exists()  # refused before touching the database
+
+
+def test_the_demo_key_warns_on_every_start(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'd.db'}"
+    for _ in range(2):
+        out = _cli("aggregate", "--db", db, "--demo-key", "--now", str(T0))
+        assert out.returncode == 0, out.stderr
+        assert "warning: signing bundles with the demo key" in out.stderr
+        assert "anyone can sign" in out.stderr
+    both = _cli("aggregate", "--db", db, "--demo-key", "--key", str(REPO / "models/demo-key.pem"))
+    assert both.returncode == 2 and "--demo-key" in both.stderr
+
+
+def test_aggregate_signs_with_the_given_key(tmp_path: Path) -> None:
+    from localrank.bundle import load_public_key
+
+    key, pub = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    assert _cli("keygen", "--private", str(key), "--public", str(pub)).returncode == 0
+    base = base_bundle(tmp_path / "base.bundle", signing_key=key)
+    db = f"sqlite:///{tmp_path / 'own.db'}"
+    out = _cli(
+        "aggregate", "--db", db, "--key", str(key), "--base-bundle", str(base),
+        "--now", str(T0), "--publish",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "warning" not in out.stderr
+    from localrank.server.storage import open_storage
+
+    storage = open_storage(db)
+    try:
+        row = storage.latest_bundle()
+    finally:
+        storage.close()
+    assert row is not None and row.version == 2
+    open_bundle(row.data, load_public_key(pub), now=T0)

@@ -16,13 +16,14 @@ import pytest
 
 from localrank.clock import FixedClock
 from localrank.engine import Engine
-from localrank.errors import InputError
+from localrank.errors import InputError, LocalrankError
 from localrank.server.app import create_app
-from localrank.sync import SyncClient, SyncError
+from localrank.sync import SyncClient, SyncDeadlineError, SyncError
 
-pytest.register_assert_rewrite("server_fixtures", "fault_proxy")
+pytest.register_assert_rewrite("server_fixtures", "fault_proxy", "hostile_server")
 from fault_proxy import FaultProxy  # noqa: E402
-from server_fixtures import PUBLIC_KEY, LiveServer, free_port, server_config  # noqa: E402
+from hostile_server import BIG, HostileServer  # noqa: E402
+from server_fixtures import PUBLIC_KEY, T0, LiveServer, free_port, server_config  # noqa: E402
 
 pytest_plugins = ["server_fixtures"]
 
@@ -212,3 +213,109 @@ def test_sync_client_validates_its_arguments(
     with SyncClient(engine, live.url) as client:
         assert client.fetch_bundle().status == "updated"
     assert httpx.get(live.url + "/healthz").status_code == 200
+
+
+# -- a hostile or broken server: every call ends, within its deadline, with a clear error ----
+
+def _bare_device(tmp_path: Path, url: str, **kw: object) -> SyncClient:
+    engine = Engine.open(tmp_path / "bare.db", public_key=PUBLIC_KEY, clock=FixedClock(T0))
+    return SyncClient(engine, url, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("behaviour", ["drip_body", "drip_headers"])
+@pytest.mark.parametrize("retries", [0, 3])
+def test_a_drip_feeding_server_is_cut_off_at_the_deadline(
+    tmp_path: Path, behaviour: str, retries: int
+) -> None:
+    # Each byte comes well within the 2 s read timeout, so only the total deadline can end
+    # the call; the retries share that one deadline.
+    with HostileServer(behaviour) as server:
+        client = _bare_device(tmp_path, server.url, timeout=2.0, deadline=1.0, retries=retries)
+        with pytest.raises(SyncDeadlineError, match=r"^GET /v1/bundle: deadline of 1 s exceeded"):
+            client.fetch_bundle()
+        conns = server.finished_connections()
+    # The client hung up on the server before the server had finished dripping, and made no
+    # second attempt past its deadline.
+    assert len(conns) == 1
+    assert conns[0].closed_early and not conns[0].finished
+    assert 0 < conns[0].sent < 400
+    with pytest.raises(LocalrankError):
+        client.engine.bundle  # noqa: B018 - nothing was installed
+
+
+def test_the_default_deadline_bounds_a_call_by_a_few_read_timeouts(tmp_path: Path) -> None:
+    engine = Engine.open(tmp_path / "d.db", public_key=PUBLIC_KEY)
+    assert SyncClient(engine, "http://127.0.0.1:1", timeout=2.0).deadline == 12.0
+    with pytest.raises(InputError, match=r"^deadline:"):
+        SyncClient(engine, "http://127.0.0.1:1", deadline=0)
+    with pytest.raises(InputError, match=r"^max_bundle_bytes:"):
+        SyncClient(engine, "http://127.0.0.1:1", max_bundle_bytes=3)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("oversize", r"response too large: Content-Length 300,000,000 B exceeds the limit"),
+        ("oversize_unannounced", r"response too large: more than 1,048,576 B"),
+        ("oversize_bundle_header", r"response too large: the bundle header announces 300,000,088"),
+    ],
+)
+def test_an_oversize_bundle_is_refused_while_streaming(
+    tmp_path: Path, behaviour: str, message: str
+) -> None:
+    with HostileServer(behaviour) as server:
+        client = _bare_device(tmp_path, server.url, max_bundle_bytes=1 << 20, retries=2)
+        with pytest.raises(SyncError, match="^GET /v1/bundle: " + message):
+            client.fetch_bundle()
+        conns = server.finished_connections()
+    # Refused, not retried, and the download was abandoned: the server got out a small part
+    # of the 300 MB (what the socket buffers held) before the client hung up.
+    assert len(conns) == 1
+    assert conns[0].closed_early and conns[0].sent < BIG // 10
+
+
+def test_a_truncated_bundle_is_an_error_naming_the_truncation(tmp_path: Path) -> None:
+    with HostileServer("truncated") as server:
+        client = _bare_device(tmp_path, server.url, retries=1, sleep=lambda s: None)
+        with pytest.raises(SyncError, match=r"gave up after 2 attempts \(truncated") as err:
+            client.fetch_bundle()
+        assert "received 500 bytes, expected 1000" in str(err.value)
+        assert len(server.finished_connections()) == 2  # a cut connection is worth a retry
+
+
+def test_a_wrong_content_type_is_refused(tmp_path: Path) -> None:
+    with HostileServer("wrong_type") as server:
+        client = _bare_device(tmp_path, server.url, retries=3)
+        expected = r"wrong content type: expected application/octet-stream, got 'text/html'"
+        with pytest.raises(SyncError, match=expected):
+            client.fetch_bundle()
+        assert len(server.finished_connections()) == 1  # not retried: a portal answers the same
+
+
+def test_a_device_follows_a_key_rotation_through_the_server(
+    db_url: str, clock: FixedClock, tmp_path: Path
+) -> None:
+    from localrank.bundle import generate_keypair
+    from localrank.bundle.trust import append_to_chain, sign_transition
+    from server_fixtures import KEY, base_bundle
+
+    new_key, new_pub = tmp_path / "new.pem", tmp_path / "new.pub.pem"
+    generate_keypair(new_key, new_pub)
+    chain = tmp_path / "keys.json"
+    append_to_chain(
+        chain, sign_transition(KEY.read_bytes(), new_pub, sequence=1, valid_from=clock.now())
+    )
+    base = base_bundle(tmp_path / "base.bundle", signing_key=new_key)
+    config = server_config(db_url, clock, key=new_key, key_chain=chain, base_bundle=base)
+    with LiveServer(create_app(config)) as server:
+        # The device ships the old (demo) public key only.
+        engine = Engine.open(tmp_path / "d.db", public_key=PUBLIC_KEY, clock=clock)
+        with SyncClient(engine, server.url) as client:
+            assert client.fetch_bundle().status == "updated"
+            from localrank.bundle import load_public_key
+
+            assert engine.trusted_key == load_public_key(new_pub)
+            assert client.fetch_bundle().status == "not_modified"
+        r = httpx.get(server.url + "/v1/keys")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert len(r.json()["statements"]) == 1

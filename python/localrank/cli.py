@@ -29,8 +29,29 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from localrank.bundle import generate_keypair
 
-    generate_keypair(args.private, args.public)
+    if (args.rotate_from is None) != (args.chain is None):
+        from localrank.errors import InputError
+
+        raise InputError("--rotate-from: expected together with --chain (the key-chain file)")
+    public = generate_keypair(args.private, args.public, force=args.force)
     print(f"wrote {args.private} (keep it secret) and {args.public}")
+    if args.rotate_from is not None:
+        import time
+
+        from localrank.bundle.trust import append_to_chain, next_sequence, sign_transition
+
+        valid_from = args.valid_from if args.valid_from is not None else time.time()
+        sequence = next_sequence(args.chain)
+        append_to_chain(
+            args.chain,
+            sign_transition(
+                Path(args.rotate_from).read_bytes(),
+                public,
+                sequence=sequence,
+                valid_from=valid_from,
+            ),
+        )
+        print(f"appended key transition {sequence} to {args.chain}, valid from {valid_from:.0f}")
     return 0
 
 
@@ -87,6 +108,23 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for signing bundles")
     keygen.add_argument("--private", default="bundle-key.pem", help="private key file (PEM)")
     keygen.add_argument("--public", default="bundle-key.pub.pem", help="public key file (PEM)")
+    keygen.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing key files (atomically; a symlink is replaced, never followed)",
+    )
+    keygen.add_argument(
+        "--rotate-from",
+        default=None,
+        help="the current private key: sign a transition to the new key into --chain",
+    )
+    keygen.add_argument("--chain", default=None, help="the key-chain file served at /v1/keys")
+    keygen.add_argument(
+        "--valid-from",
+        type=float,
+        default=None,
+        help="POSIX time from which the old key's bundles are refused (default now)",
+    )
     keygen.set_defaults(func=_cmd_keygen)
 
     bundle = sub.add_parser("bundle", help="work with signed bundles")

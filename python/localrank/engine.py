@@ -25,8 +25,9 @@ import numpy as np
 from localrank._core import score_topk
 from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import PublicKeyLike, load_public_key
+from localrank.bundle.trust import KeyTrust
 from localrank.clock import Clock, SystemClock, resolve_now
-from localrank.errors import BundleError, InputError, LocalrankError
+from localrank.errors import BundleError, BundleSignatureError, InputError, LocalrankError
 from localrank.explain import Reason, sentence
 from localrank.geo import Location, region_of, round_location, validate_location
 from localrank.guardrails import (
@@ -151,7 +152,7 @@ class Engine:
         self, store: Store, public_key: PublicKeyLike, clock: Clock, tuning: Tuning
     ) -> None:
         self._store = store
-        self._public_key = load_public_key(public_key)
+        self._trust = self._read_trust(load_public_key(public_key))
         self._clock = clock
         self.tuning = tuning
         self._bundle: Bundle | None = None
@@ -180,7 +181,7 @@ class Engine:
             # One that no longer verifies (a new server key) is not used, but must not lock
             # the user out of their store: load_bundle() installs a fresh one, no older.
             with contextlib.suppress(BundleError):
-                self._install(open_bundle(stored[0][0], self._public_key, now=-math.inf))
+                self._install(self._open_bundle(stored[0][0], self._trust.installed_keys()))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -244,7 +245,9 @@ class Engine:
             raise InputError(f"source: expected bytes or a path, got {type(source).__name__}")
         t = self._now(now)
         current = self._bundle.version if self._bundle else self._stored_version
-        bundle = open_bundle(data, self._public_key, now=t, current_version=current)
+        bundle = self._open_bundle(
+            data, self._trust.bundle_keys(t), now=t, current_version=current
+        )
         if self._bundle is not None and bundle.digest == self._bundle.digest:
             return self._bundle
         with self._store.transaction() as db:
@@ -256,6 +259,67 @@ class Engine:
             )
         self._install(bundle)
         return bundle
+
+    @staticmethod
+    def _open_bundle(
+        data: bytes,
+        keys: list[Any],
+        *,
+        now: float = -math.inf,
+        current_version: int | None = None,
+    ) -> Bundle:
+        """The bundle verified under the first of ``keys`` it verifies with (during a key
+        transition two keys are valid); every other refusal is final at once."""
+        first: BundleSignatureError | None = None
+        for key in keys:
+            try:
+                return open_bundle(data, key, now=now, current_version=current_version)
+            except BundleSignatureError as e:
+                first = first or e
+        raise first or BundleSignatureError("bundle: bad signature: no trusted key is left")
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _read_trust(self, configured: Any) -> KeyTrust:
+        """The stored key chain if it knows the configured key (the app may ship the root or a
+        key the chain introduced since); otherwise the configured key is a new root."""
+        rows = self._store.query("SELECT value FROM settings WHERE key = 'key_trust'")
+        if rows:
+            with contextlib.suppress(LocalrankError, ValueError, KeyError, TypeError):
+                trust = KeyTrust.from_json(rows[0][0])
+                if trust.knows(configured):
+                    return trust
+        return KeyTrust(configured)
+
+    @property
+    def trusted_key(self) -> Any:
+        """The public key new bundles must be signed with (after any key transitions)."""
+        return self._trust.current
+
+    def apply_key_statements(self, statements: Sequence[object]) -> int:
+        """Apply the server's key chain (``GET /v1/keys``; see :mod:`localrank.bundle.trust`):
+        a transition signed by the trusted key moves trust to a new key, a retirement signed by
+        a newer key stops trusting an old one. Persisted before it takes effect. Returns how
+        many statements were new.
+
+        Raises:
+            KeyStatementError: a statement was forged, out of order, or a fork of one applied
+                before; the statements before it stay applied.
+        """
+        trial = KeyTrust.from_json(self._trust.to_json())
+        try:
+            new = trial.apply(statements)
+        finally:
+            # keep whatever prefix was valid, as apply() does
+            if trial.sequence != self._trust.sequence:
+                with self._store.transaction() as db:
+                    db.execute(
+                        "INSERT INTO settings (key, value) VALUES ('key_trust', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (trial.to_json(),),
+                    )
+                self._trust = trial
+        return new
 
     def _install(self, bundle: Bundle) -> None:
         previous = self._bundle
@@ -871,8 +935,10 @@ class Engine:
                 n = db.execute("DELETE FROM events").rowcount
                 for tbl in ("attributes", "snoozes"):
                     db.execute(f"DELETE FROM {tbl}")
-                # the generation survives, so that other processes see the wipe
-                db.execute("DELETE FROM settings WHERE key != 'generation'")
+                # the generation survives, so that other processes see the wipe; so does the
+                # key chain: it is the server's, not the user's, and dropping it would re-trust
+                # retired keys
+                db.execute("DELETE FROM settings WHERE key NOT IN ('generation', 'key_trust')")
                 calm = Settings(
                     level=kept.level,
                     quiet_hours=kept.quiet_hours,

@@ -11,6 +11,7 @@ __all__ = [
     "BundleError",
     "BundleExpiredError",
     "BundleFormatError",
+    "BundleFromFutureError",
     "BundleRollbackError",
     "BundleSignatureError",
     "BundleTruncatedError",
@@ -59,6 +60,10 @@ class BundleSignatureError(BundleError):
 
 class BundleExpiredError(BundleError):
     """The bundle's expiry time has passed."""
+
+
+class BundleFromFutureError(BundleError):
+    """The bundle's creation time lies further in the device's future than clocks drift."""
 
 
 class BundleRollbackError(BundleError):

@@ -30,13 +30,26 @@ from localrank.errors import (
     BundleUnsignedError,
 )
 
-__all__ = ["FORMAT_VERSION", "seal", "unseal"]
+__all__ = ["FORMAT_VERSION", "HEADER_SIZE", "seal", "sealed_size", "unseal"]
 
 MAGIC = b"LRBUNDLE"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sHHQ")
 _SIG_MAGIC = b"SIG1"
 _SIG_LEN = 64
+HEADER_SIZE = _HEADER.size
+
+
+def sealed_size(header: bytes) -> int | None:
+    """The total size a sealed bundle announces in its first :data:`HEADER_SIZE` bytes, or
+    None when they are not a bundle header. The sync client uses it to stop a download that
+    runs past what the bundle itself says it holds, before any signature check."""
+    if len(header) < _HEADER.size:
+        return None
+    magic, _, _, length = _HEADER.unpack_from(header)
+    if magic != MAGIC:
+        return None
+    return int(_HEADER.size + length + len(_SIG_MAGIC) + _SIG_LEN)
 
 
 def seal(payload: bytes, key: Ed25519PrivateKey, *, format_version: int = FORMAT_VERSION) -> bytes:

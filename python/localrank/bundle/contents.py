@@ -22,6 +22,7 @@ from localrank.catalog import Catalog
 from localrank.errors import (
     BundleExpiredError,
     BundleFormatError,
+    BundleFromFutureError,
     BundleRollbackError,
     InputError,
 )
@@ -31,6 +32,11 @@ from localrank.taxonomy import Taxonomy
 __all__ = ["Bundle", "BundleConfig", "build_bundle", "open_bundle"]
 
 Mode = Literal["ldp", "central"]
+
+#: How far in the device's future a bundle's ``created`` may lie: phone clocks drift and time
+#: zones get misset, but a day covers both. Further is a forged or mis-stamped bundle, which
+#: would otherwise pin every later genuine bundle as a "rollback" once its version is higher.
+MAX_CREATED_SKEW_S = 86400.0
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -246,7 +252,9 @@ def open_bundle(
 ) -> Bundle:
     """Verify and parse a bundle. Refuses, with a :class:`~localrank.errors.BundleError`
     subclass, a file that is not a bundle or of an unknown format, truncated, unsigned, badly
-    signed, expired at ``now``, or older than ``current_version`` (rollback).
+    signed, expired at ``now``, created more than :data:`MAX_CREATED_SKEW_S` after ``now``
+    (a non-finite ``now`` skips this check: it re-opens an installed bundle), or older than
+    ``current_version`` (rollback).
 
     Expiry and rollback are checked on every call. The signature is checked once per process
     for the same bytes and key: bytes equal, byte for byte, to bytes that verified under the
@@ -266,6 +274,11 @@ def open_bundle(
         raise BundleExpiredError(
             f"bundle: expired: version {bundle.version} expired at {bundle.expires:.0f}, "
             f"now is {now:.0f}"
+        )
+    if math.isfinite(now) and bundle.created > now + MAX_CREATED_SKEW_S:
+        raise BundleFromFutureError(
+            f"bundle: created in the future: version {bundle.version} was created at "
+            f"{bundle.created:.0f}, more than {MAX_CREATED_SKEW_S:.0f} s after now ({now:.0f})"
         )
     if current_version is not None and bundle.version < current_version:
         raise BundleRollbackError(

@@ -6,7 +6,9 @@ the server's public key: a path, PEM bytes, or a key object.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -19,22 +21,75 @@ __all__ = ["PublicKeyLike", "generate_keypair", "load_private_key", "load_public
 PublicKeyLike = Ed25519PublicKey | bytes | str | Path
 
 
-def generate_keypair(private_path: str | Path, public_path: str | Path) -> Ed25519PublicKey:
-    """Write a new key pair; the private key file is created with mode 0600."""
+def _lexists(path: Path) -> bool:
+    # lstat, not exists(): a dangling symlink is still something we must not write through
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _write_new(path: Path, data: bytes, mode: int, *, force: bool, arg: str) -> None:
+    """Write ``data`` to ``path`` with exactly ``mode``, never through a symlink.
+
+    Without ``force`` the file must not exist (``O_EXCL``). With it, the bytes go to a fresh
+    temporary file in the same directory (``O_EXCL``, so never an existing file or link) that
+    is renamed over ``path``: a rename replaces a symlink itself, not its target, and the old
+    file's mode does not carry over.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    target = path
+    if force:
+        target = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(target, flags, mode)
+    except FileExistsError:
+        raise InputError(
+            f"{arg}: {path} already exists; refusing to overwrite it (use --force to replace it)"
+        ) from None
+    except OSError as e:
+        raise InputError(f"{arg}: cannot create {path}: {e}") from e
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed it; the result is exactly ``mode``
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(target, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise
+
+
+def generate_keypair(
+    private_path: str | Path, public_path: str | Path, *, force: bool = False
+) -> Ed25519PublicKey:
+    """Write a new key pair. The private key file is created with mode 0600, the public one
+    0644. An existing file is refused unless ``force``; a symlink is never followed."""
+    private_path, public_path = Path(private_path), Path(public_path)
+    if private_path.resolve() == public_path.resolve() or private_path == public_path:
+        raise InputError(f"public_path: expected a file other than the private key {private_path}")
+    if not force:
+        # Checked for both before writing either, so a refusal leaves nothing half-written.
+        for arg, path in (("private_path", private_path), ("public_path", public_path)):
+            if _lexists(path):
+                raise InputError(
+                    f"{arg}: {path} already exists; refusing to overwrite it "
+                    "(use --force to replace it)"
+                )
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    private_path, public_path = Path(private_path), Path(public_path)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
     public = key.public_key()
-    public_path.write_bytes(
-        public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    public_pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    _write_new(private_path, pem, 0o600, force=force, arg="private_path")
+    _write_new(public_path, public_pem, 0o644, force=force, arg="public_path")
     return public
 
 

@@ -44,6 +44,7 @@ from localrank.server.aggregate import (
 )
 from localrank.server.config import ServerConfig
 from localrank.server.ingest import IngestError, IngestRules, parse_batch
+from localrank.server.key_chain import key_chain_router
 from localrank.server.metrics import CONTENT_TYPE, Metrics
 from localrank.server.storage import Storage, StorageUnavailableError, open_storage
 
@@ -239,6 +240,7 @@ def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastA
         lifespan=lifespan,
     )
     app.state.localrank = state
+    app.include_router(key_chain_router(config))  # GET /v1/keys: server/key_chain.py
 
     @app.exception_handler(StorageUnavailableError)
     async def _unavailable(request: Request, exc: StorageUnavailableError) -> JSONResponse:

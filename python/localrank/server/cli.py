@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from datetime import datetime
 
 __all__ = ["register"]
 
 _MODELS = "models"
+#: The demo signing key is committed to the repository: anyone can sign bundles with it.
+DEMO_KEY = f"{_MODELS}/demo-key.pem"
 
 
 def _when(text: str) -> float:
@@ -33,7 +36,20 @@ def _when(text: str) -> float:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="sqlite:///path or postgresql://user@host:port/db")
     p.add_argument(
-        "--key", default=f"{_MODELS}/demo-key.pem", help="Ed25519 private key that signs bundles"
+        "--key",
+        default=None,
+        help="Ed25519 private key that signs bundles (required unless --demo-key)",
+    )
+    p.add_argument(
+        "--demo-key",
+        action="store_true",
+        help=f"sign with the committed demo key {DEMO_KEY}, whose private half is public "
+        "(demos and tests only; a warning is printed on every start)",
+    )
+    p.add_argument(
+        "--key-chain",
+        default=None,
+        help="key-chain file served at /v1/keys (key rotation, see docs/server.md)",
     )
     p.add_argument(
         "--base-bundle",
@@ -50,6 +66,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ttl-days", type=float, default=7.0, help="lifetime of published bundles")
 
 
+def _signing_key(args: argparse.Namespace) -> str:
+    """The --key path; the demo key only when asked for by name, and then loudly."""
+    from localrank.errors import InputError
+
+    if args.key is not None and args.demo_key:
+        raise InputError("--demo-key: expected either --key or --demo-key, not both")
+    if args.key is not None:
+        return str(args.key)
+    if not args.demo_key:
+        raise InputError(
+            "--key: expected the Ed25519 private key that signs bundles (localrank keygen "
+            "writes one); --demo-key signs with the committed, public demo key instead"
+        )
+    print(
+        f"localrank: warning: signing bundles with the demo key {DEMO_KEY}, which is committed "
+        "to the repository: anyone can sign bundles that devices trusting it accept. "
+        "Use --key with your own key for anything but a demo.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return DEMO_KEY
+
+
 def _config(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyped-def]
     from localrank.clock import SystemClock
     from localrank.server.aggregate import AggregationSettings
@@ -58,7 +97,8 @@ def _config(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyp
     offset = 0.0 if args.now is None else args.now - time.time()
     return ServerConfig(
         db=args.db,
-        key=args.key,
+        key=_signing_key(args),
+        key_chain=args.key_chain,
         base_bundle=args.base_bundle,
         clock=ShiftedClock(offset) if args.now is not None else SystemClock(),
         aggregation=AggregationSettings(

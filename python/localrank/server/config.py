@@ -53,6 +53,7 @@ class ServerConfig:
         aggregate_every: seconds between aggregation runs inside the server; None: never.
         retry_after: the Retry-After (seconds) sent with a 503.
         busy_timeout_ms: how long a request waits for a database lock before it gets a 503.
+        key_chain: the key-chain file served at ``GET /v1/keys`` (key rotation), or None.
     """
 
     db: str
@@ -65,6 +66,7 @@ class ServerConfig:
     retry_after: int = 5
     busy_timeout_ms: int = 5000
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    key_chain: str | Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, str) or "://" not in self.db:
@@ -98,6 +100,7 @@ class ServerConfig:
             "retry_after": self.retry_after,
             "busy_timeout_ms": self.busy_timeout_ms,
             "aggregation": self.aggregation.__dict__,
+            "key_chain": None if self.key_chain is None else str(Path(self.key_chain).resolve()),
         }
         return json.dumps(doc)
 
