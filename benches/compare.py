@@ -208,7 +208,7 @@ def reference_scores(c: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def check_agreement(c: dict[str, np.ndarray], sess: ort.InferenceSession) -> None:
-    """All methods must rank "the same" (DESIGN.md) before their speed means anything."""
+    """All methods must rank "the same" (docs/design.md) before their speed means anything."""
     idx, _ = localrank.score_topk(
         c["u"], c["E"], c["bias"], c["category"], c["prior"], c["eligible"],
         w_dot=W_DOT, w_prior=W_PRIOR, adjust=c["adjust"], k=K,

@@ -17,7 +17,7 @@ London, one sensitive opt-in, some fatigue):
 - ``rust int8``      ``localrank.score_topk_int8`` alone
 
 Before timing, the model's mask and adjust must equal the engine's and its ranking must be
-"the same" as the Rust core's (DESIGN.md). Methods are timed round-robin in interleaved
+"the same" as the Rust core's (docs/design.md). Methods are timed round-robin in interleaved
 rounds; each figure is the median over rounds of the per-call mean of a batch. Writes JSON
 (``benches/results/onnx-model-<arch>.json``) with the machine, versions, model sizes and
 timings.

@@ -8,7 +8,7 @@
 # LOCALRANK_EXPECT_KERNELS makes the tests fail if detection finds any other set of paths.
 # The output names each path that ran ("path sdot: ok (...)").
 #
-# Follows ../shared/ARM.md: Debian's rustc (the rustup toolchain has no aarch64 std), statically
+# Follows docs/arm.md: Debian's rustc (the rustup toolchain has no aarch64 std), statically
 # linked test binaries (a dynamically linked one can hang under qemu-user when it starts a
 # thread), no doctests (the rustdoc on PATH belongs to the other toolchain), and a target
 # directory of its own so the host build cache is not rebuilt with a different rustc.

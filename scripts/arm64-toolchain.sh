@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install, from Debian's archive, what cross-building and emulating aarch64 needs on an x86-64
-# Debian machine (see docs/arm.md and ../shared/ARM.md):
+# Debian machine (see docs/arm.md):
 #
 #   rustc-web (/usr/bin/rustc) + libstd-rust-web-dev:arm64   a rustc with an aarch64 std; the
 #                                                            rustup toolchain on PATH has none

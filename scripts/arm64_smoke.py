@@ -1,7 +1,7 @@
 """Smoke test of the aarch64 wheel, run by scripts/arm64-wheel.sh under an emulated aarch64 Python.
 
 It imports the installed wheel and checks every available kernel path against a numpy
-reference: f32 rankings must be "the same" as DESIGN.md defines it, int8 rankings without
+reference: f32 rankings must be "the same" as docs/design.md defines it, int8 rankings without
 re-scoring bit-for-bit equal to the scalar path and within tolerance of the numpy reference.
 Only numpy and the standard library are needed (the emulated Python has no pytest).
 

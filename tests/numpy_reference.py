@@ -1,4 +1,4 @@
-"""The slow numpy reference for the scoring kernel, and DESIGN.md's notion of "the same".
+"""The slow numpy reference for the scoring kernel, and docs/design.md's notion of "the same".
 
 The reference evaluates the score exactly as the scalar Rust path does: f32 arithmetic, the dot
 product accumulated one dimension at a time (vectorised across rows, sequential across d), then
@@ -53,14 +53,14 @@ def reference_topk(scores: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarr
 
 
 def tolerance(s: np.ndarray | float) -> np.ndarray:
-    """DESIGN.md: scores closer than ``1e-5·max(1, |s|)`` may swap."""
+    """docs/design.md: scores closer than ``1e-5·max(1, |s|)`` may swap."""
     return 1e-5 * np.maximum(1.0, np.abs(s))
 
 
 def assert_same(
     got_idx: np.ndarray, ref_scores: np.ndarray, eligible: np.ndarray, k: int
 ) -> None:
-    """Assert that ``got_idx`` is "the same" top-k as the reference, per DESIGN.md.
+    """Assert that ``got_idx`` is "the same" top-k as the reference, per docs/design.md.
 
     Same indices in the same order, except that two rows whose reference scores differ by less
     than ``1e-5·max(1, |s|)`` may swap.

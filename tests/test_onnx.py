@@ -3,7 +3,7 @@
 The reference is what the engine computes (:meth:`Engine.scoring_inputs`, whose mask and
 ``adjust`` come from :mod:`localrank.guardrails`, the contract) and what the Rust kernel ranks
 from it. The model gets the *raw* request (level, context id, opt-ins, fatigue, location flags)
-and must compute the identical mask and ``adjust`` itself, then rank "the same" (DESIGN.md):
+and must compute the identical mask and ``adjust`` itself, then rank "the same" (docs/design.md):
 the same indices in the same order, except where two scores differ by less than
 1e-5·max(1, |s|).
 """

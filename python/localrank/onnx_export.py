@@ -1,7 +1,7 @@
 """The portable scorer: a bundle's catalog and the per-offer guardrails as one ONNX model.
 
 Apps that do not embed Python run this model through ONNX Runtime (Android, iOS, desktop). It
-ranks exactly as the Rust core does (DESIGN.md, "Scoring") and computes the eligibility mask
+ranks exactly as the Rust core does (docs/design.md, "Scoring") and computes the eligibility mask
 and the ``adjust`` term *itself*, term by term as :mod:`localrank.guardrails` defines them, so
 an app cannot skip a guardrail by accident. docs/onnx.md is the app developer's guide.
 
@@ -390,7 +390,7 @@ def build_model(
         k: how many rows the model returns (``min(k, n)``).
         int8: store the embeddings as int8 and score with ``MatMulInteger``.
         w_dot, w_prior: the engine's tuning weights (``Tuning``); the level zeroes them as
-            DESIGN.md says.
+            docs/design.md says.
 
     The same arguments always give the same bytes (``model.SerializeToString()``).
     """

@@ -1,7 +1,7 @@
 """The device side of what leaves the phone: which events may be reported, when reports are
 made, how the segment is randomised, and what it costs.
 
-Rules (DESIGN.md, "Wire contract"):
+Rules (docs/design.md, "Wire contract"):
 
 - Reports are made only while the reporting consent is on, never at level ``off``, and never
   during the 30 silent days after ``forget(everything=True)``.

@@ -4,7 +4,7 @@
 //! - int8 dot products, and so int8 rankings without re-scoring, must be exactly equal.
 //! - f32 dot products must be exact where exact arithmetic is representable (dyadic inputs),
 //!   and otherwise within the worst-case rounding bound of any summation order.
-//! - f32 rankings must be "the same" as DESIGN.md defines it: the same indices in the same
+//! - f32 rankings must be "the same" as docs/design.md defines it: the same indices in the same
 //!   order, except that two rows whose scores differ by less than 1e-5·max(1, |s|) may swap.
 //!
 //! Each test prints a `path NAME: ok (what)` line per path it ran, so that
@@ -529,7 +529,7 @@ fn tol(s: f32) -> f32 {
     1e-5 * s.abs().max(1.0)
 }
 
-/// DESIGN.md's "the same": `got` has the same length as `want`, no index twice, and the row at
+/// docs/design.md's "the same": `got` has the same length as `want`, no index twice, and the row at
 /// each rank scores (in the reference `truth`, every eligible row's scalar score) within the
 /// tolerance of the reference's score at that rank, so only near-ties may swap. Its reported
 /// score is within the tolerance of that row's reference score.
