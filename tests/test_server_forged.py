@@ -333,9 +333,10 @@ def _priors(rows: list[ReportRow], tracked: np.ndarray, published: np.ndarray) -
     eng = engagement_estimate([decode_sum(s) for s in sums], offers=B.catalog.ids, d_seg=D,  # type: ignore[misc]
                               central_epsilon=1.0, report_limit=3, noise=False,
                               parents=SEGS.parents)  # fmt: skip
-    return category_priors(eng, primary=B.catalog.category,
-                           sensitive_categories=B.taxonomy.sensitive_mask,
-                           parents=SEGS.parents, published=published, prior_strength=50.0)  # fmt: skip
+    return category_priors(
+        eng, primary=B.catalog.category, sensitive_categories=B.taxonomy.sensitive_mask,
+        parents=SEGS.parents, published=published, prior_strength=50.0,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

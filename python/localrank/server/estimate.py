@@ -65,9 +65,9 @@ from localrank.server.sums import (
 
 __all__ = [
     "EVENT_WEIGHTS",
+    "FORGED_REPORTS_TOLERATED",
     "Engagement",
     "Populations",
-    "FORGED_REPORTS_TOLERATED",
     "category_priors",
     "engagement",
     "population_influence",

@@ -303,16 +303,17 @@ def _row(
                 refusal = str(e)
         if bits is None:
             raise IngestError(422, "bits", f"reports/{i}/{refusal}")
-    if r["mode"] == "central":
-        # The segment travels in the clear: only a published (k-anonymous) one may.
-        if not any(p.usable is not None and segment in p.usable for p in matching):
-            raise IngestError(
-                422,
-                "segment",
-                f"reports/{i}/segment: {segment} is not a usable segment (population ≥ "
-                "min_population) of any bundle inside the window; a central report may only "
-                "carry a usable segment or the root 0",
-            )
+    # A central segment travels in the clear: only a published (k-anonymous) one may.
+    if r["mode"] == "central" and not any(
+        p.usable is not None and segment in p.usable for p in matching
+    ):
+        raise IngestError(
+            422,
+            "segment",
+            f"reports/{i}/segment: {segment} is not a usable segment (population ≥ "
+            "min_population) of any bundle inside the window; a central report may only "
+            "carry a usable segment or the root 0",
+        )
     offer = r.get("offer")
     if offer is not None and offer not in rules.offers:
         raise IngestError(

@@ -211,9 +211,11 @@ def fold_reports(
     order = children_order(parents)
     for (kind, config), group in sorted(groups.items()):
         try:
-            row = _fold_group(kind, config, group, epoch=epoch, d_seg=d_seg, parents=parents,
-                              order=order, offers=offers, offer_index=offer_index, col=col,
-                              tracked=tracked, eps=eps, report_limit=report_limit, part=part)  # fmt: skip
+            row = _fold_group(
+                kind, config, group, epoch=epoch, d_seg=d_seg, parents=parents, order=order,
+                offers=offers, offer_index=offer_index, col=col, tracked=tracked, eps=eps,
+                report_limit=report_limit, part=part,
+            )  # fmt: skip
         except (InputError, ValueError, OverflowError, ZeroDivisionError) as e:
             # Stored by a server that did not check configurations: skipped, never fatal.
             LOG.warning(
