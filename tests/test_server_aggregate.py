@@ -143,7 +143,7 @@ def test_populations_are_published_only_above_the_lower_bound_and_under_a_publis
 def _rows(reports: list[dict], epoch: int) -> list[ReportRow]:
     from localrank.server.ingest import IngestRules, parse_batch
 
-    rules = IngestRules(d_seg=D, offers=frozenset(B.catalog.ids))
+    rules = IngestRules.from_bundles([B])
     out: list[ReportRow] = []
     for i in range(0, len(reports), 256):
         out += parse_batch(batch_body(reports[i : i + 256]), rules, epoch)

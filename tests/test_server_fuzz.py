@@ -34,7 +34,7 @@ T0 = 1_790_000_000.0
 
 def _repaired(case: schemathesis.Case) -> schemathesis.Case:
     """A positive batch with its epochs, offers, segments and bits made acceptable, so the
-    fuzzer also reaches storage (weird but valid nonces, ε's, events, duplicates)."""
+    fuzzer also reaches storage (weird but valid nonces, events, duplicates)."""
     bundle = demo_bundle()
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("reports"), list):
@@ -44,12 +44,14 @@ def _repaired(case: schemathesis.Case) -> schemathesis.Case:
             r["epoch"] = epoch_of(T0) + (i % 3) - 1
             if "offer" in r:
                 r["offer"] = bundle.catalog.ids[i % len(bundle.catalog)]
-            if isinstance(r.get("segment"), int):
-                r["segment"] %= bundle.segments.d_seg
-            if "bits" in r:
-                r["bits"] = ldp.encode_bits(
-                    np.full(ldp.packed_len(bundle.segments.d_seg), 0, np.uint8)
-                )
+            # Only the configuration the bundle published is stored (ingest checks it), so
+            # the repair puts every report under it: the demo's OUE at ε = 2, ε_perm = 4.
+            c = bundle.config
+            r.update(mode="ldp", oracle="oue", epsilon=c.epsilon, epsilon_perm=c.epsilon_perm)
+            r.pop("segment", None)
+            r["bits"] = ldp.encode_bits(
+                np.full(ldp.packed_len(bundle.segments.d_seg), 0, np.uint8)
+            )
     return case
 
 

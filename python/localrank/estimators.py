@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
 from statistics import NormalDist
 
 import numpy as np
@@ -36,12 +37,15 @@ from localrank.errors import InputError
 from localrank.ldp import Oracle, effective_probabilities, packed_len
 
 __all__ = [
+    "OUE_CAP_ALPHA",
     "Estimate",
+    "binomial_upper_quantile",
     "count_variance",
     "discrete_laplace_half_width",
     "discrete_laplace_variance",
     "estimate",
     "estimate_from_support",
+    "oue_report_cap",
     "project_to_simplex",
     "support_counts",
 ]
@@ -70,6 +74,65 @@ def count_variance(counts: npt.ArrayLike, n: int, p: float, q: float) -> Floats:
     _check_pq(p, q)
     c = np.asarray(counts, dtype=np.float64)
     return (n * q * (1.0 - q) + c * (p * (1.0 - p) - q * (1.0 - q))) / (p - q) ** 2
+
+
+#: The chance an honest OUE report exceeds :func:`oue_report_cap` in one set of items. The
+#: server drops a report over any cap; over the 1,650 subtrees of the demo domain an honest
+#: report is dropped with probability below 2e-6, a bias far below the estimates' noise.
+OUE_CAP_ALPHA = 1e-9
+
+
+@cache
+def binomial_upper_quantile(n: int, q: float, alpha: float) -> int:
+    """The smallest ``k`` with ``P(Binomial(n, q) > k) ≤ alpha``, from the exact pmf.
+
+    Raises:
+        InputError: naming the argument.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InputError(f"n: expected an integer ≥ 0, got {n!r}")
+    if not 0.0 <= q <= 1.0:
+        raise InputError(f"q: expected a probability in [0, 1], got {q}")
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"alpha: expected a probability in (0, 1), got {alpha}")
+    if n == 0 or q == 0.0:
+        return 0
+    if q == 1.0:
+        return n
+    k = np.arange(n + 1, dtype=np.float64)
+    log_pmf = (
+        math.lgamma(n + 1)
+        - np.array([math.lgamma(x + 1) + math.lgamma(n - x + 1) for x in range(n + 1)])
+        + k * math.log(q)
+        + (n - k) * math.log1p(-q)
+    )
+    pmf = np.exp(log_pmf)
+    # tail[k] = P(X > k), summed from the top so that tiny tails keep their precision
+    tail = np.concatenate([np.cumsum(pmf[::-1])[::-1][1:], [0.0]])
+    return int(np.flatnonzero(tail <= alpha)[0])
+
+
+def oue_report_cap(sizes: npt.ArrayLike, q: float, alpha: float = OUE_CAP_ALPHA) -> npt.NDArray[
+    np.int64
+]:
+    """The most bits an honest OUE report sets among each set of ``sizes`` items: at most one
+    of them is its true value (bit set with probability ``p``), every other bit is set with
+    probability ``q`` independently, so ``1 + binomial_upper_quantile(size − 1, q, alpha)``,
+    at most ``size``. An honest report exceeds it with probability ≤ ``alpha``; a forged one
+    over it is dropped, which bounds what one report can add to a subtree's estimate.
+
+    Raises:
+        InputError: naming ``sizes`` (negative) or ``q``.
+    """
+    s = np.asarray(sizes, dtype=np.int64)
+    if s.size and s.min() < 0:
+        raise InputError("sizes: expected counts ≥ 0")
+    out = np.zeros(s.shape, dtype=np.int64)
+    for size in np.unique(s):
+        if size > 0:
+            cap = 1 + binomial_upper_quantile(int(size) - 1, float(q), alpha)
+            out[s == size] = min(int(size), cap)
+    return out
 
 
 def support_counts(oracle: Oracle | str, reports: npt.ArrayLike, d: int) -> npt.NDArray[np.int64]:

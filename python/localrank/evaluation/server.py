@@ -14,7 +14,7 @@ from localrank.server.aggregate import (
     closed_before,
     ensure_base_bundle,
 )
-from localrank.server.ingest import IngestRules, parse_batch
+from localrank.server.ingest import IngestRules, PublishedHistory, parse_batch
 from localrank.server.storage import open_storage
 
 __all__ = ["SimulatedServer"]
@@ -37,6 +37,7 @@ class SimulatedServer:
         self.aggregator = Aggregator(self.storage, signing_key, settings=settings)
         self._public = load_private_key(signing_key).public_key()
         self._rules: tuple[str, IngestRules] | None = None
+        self._history = PublishedHistory(self._public)
         self.stored = 0
 
     def _ingest_rules(self) -> IngestRules:
@@ -44,9 +45,10 @@ class SimulatedServer:
         assert row is not None
         if self._rules is None or self._rules[0] != row.digest:
             b = open_bundle(row.data, self._public, now=float("-inf"))
+            published = self._history.configs(self.storage.bundles())
             self._rules = (
                 row.digest,
-                IngestRules(d_seg=b.segments.d_seg, offers=frozenset(b.catalog.ids)),
+                IngestRules(offers=frozenset(b.catalog.ids), published=published),
             )
         return self._rules[1]
 

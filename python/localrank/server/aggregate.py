@@ -22,8 +22,10 @@ One run, under the server's (injectable) clock:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,7 +36,14 @@ from localrank.clock import SECONDS_PER_DAY, Clock, SystemClock, epoch_of
 from localrank.errors import InputError
 from localrank.server.embeddings import embedding_version, learned_embeddings
 from localrank.server.estimate import category_priors, engagement, populations
-from localrank.server.storage import NONCE_RETENTION_EPOCHS, BundleRow, Storage, SumRow
+from localrank.server.ingest import PublishedHistory
+from localrank.server.storage import (
+    NONCE_RETENTION_EPOCHS,
+    BundleRow,
+    ReportRow,
+    Storage,
+    SumRow,
+)
 from localrank.server.sums import CensusSums, EngagementSums, decode_sum, fold_reports
 
 __all__ = [
@@ -44,6 +53,9 @@ __all__ = [
     "closed_before",
     "ensure_base_bundle",
 ]
+
+LOG = logging.getLogger("localrank.server.aggregate")
+_Row = TypeVar("_Row", ReportRow, SumRow)
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,11 @@ class AggregationSettings:
     nonce_retention_epochs: int = NONCE_RETENTION_EPOCHS
     bundle_ttl_days: float = 7.0
     keep_bundles: int = 10
+    #: In units of what one report can carry (docs/privacy-math.md): f forged reports move a
+    #: prior by at most (depth + 1)·f/prior_strength.
     prior_strength: float = 50.0
+    #: F: forged census reports the publication threshold absorbs (docs/privacy-math.md).
+    forged_reports_tolerated: int = 5
     popularity_weight: float = 0.2
     embedding_max_weight: float = 0.5
     embedding_confidence: float = 20.0
@@ -71,6 +87,7 @@ class AggregationSettings:
             "raw_retention_epochs",
             "nonce_retention_epochs",
             "keep_bundles",
+            "forged_reports_tolerated",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -130,11 +147,35 @@ class Aggregator:
         # included, so a re-folded epoch is decoded afresh): each publish re-reads the whole
         # window, and decoding it again took most of a publish.
         self._decoded: dict[SumRow, CensusSums | EngagementSums] = {}
+        self._history = PublishedHistory(self.public_key)
 
-    def _decode(self, rows: list[SumRow]) -> list[CensusSums | EngagementSums]:
-        cache = {row: self._decoded.get(row) or _read_only(decode_sum(row)) for row in rows}
+    def _decode(self, rows: list[SumRow]) -> list[tuple[SumRow, CensusSums | EngagementSums]]:
+        cache: dict[SumRow, CensusSums | EngagementSums] = {}
+        for row in rows:
+            found = self._decoded.get(row)
+            if found is None:
+                try:
+                    found = _read_only(decode_sum(row))
+                except (ValueError, KeyError, OSError, EOFError) as e:
+                    LOG.warning("publish: unreadable %s sums of epoch %d skipped: %s",
+                                row.kind, row.epoch, e)  # fmt: skip
+                    continue
+            cache[row] = found
         self._decoded = cache  # only the current window stays
-        return list(cache.values())
+        return list(cache.items())
+
+    def _published_configs(self) -> set[tuple[str, str]]:
+        """(kind, config) of every stored bundle: the only configurations estimated. Older
+        servers stored whatever a report declared; those rows are skipped, never fatal."""
+        return {(p.kind, p.key) for p in self._history.configs(self.storage.bundles())}
+
+    def _only_published(self, rows: list[_Row], what: str) -> list[_Row]:
+        accepted = self._published_configs()
+        keep = [r for r in rows if (r.kind, r.config) in accepted]
+        for kind, config in sorted({(r.kind, r.config) for r in rows} - accepted):
+            LOG.warning("%s: %s rows of configuration %r skipped: no stored bundle published it",
+                        what, kind, config)  # fmt: skip
+        return keep
 
     def current_bundle(self) -> Bundle:
         """The latest published bundle, verified (an expired one still counts as current)."""
@@ -160,7 +201,7 @@ class Aggregator:
         for epoch in self.storage.raw_epochs():
             if epoch >= closed:
                 continue
-            rows = self.storage.raw_reports(epoch)
+            rows = self._only_published(self.storage.raw_reports(epoch), f"fold {epoch}")
             sums = fold_reports(
                 rows,
                 epoch=epoch,
@@ -198,18 +239,12 @@ class Aggregator:
         census_window = s.census_window or cfg.census_interval_days
         first_census = last - census_window + 1
         rows = self.storage.sums(min(last - s.window_epochs, first_census - 1) + 1, last)
-        decoded = self._decode(rows)
+        decoded = self._decode(self._only_published(rows, "publish"))
         first_eng = last - s.window_epochs + 1
         eng_sums = [
-            e
-            for r, e in zip(rows, decoded, strict=True)
-            if isinstance(e, EngagementSums) and r.epoch >= first_eng
+            e for r, e in decoded if isinstance(e, EngagementSums) and r.epoch >= first_eng
         ]
-        census = [
-            c
-            for r, c in zip(rows, decoded, strict=True)
-            if isinstance(c, CensusSums) and r.epoch >= first_census
-        ]
+        census = [c for r, c in decoded if isinstance(c, CensusSums) and r.epoch >= first_census]
         segs = bundle.segments
         pops = populations(
             census,
@@ -217,6 +252,7 @@ class Aggregator:
             min_population=cfg.min_population,
             central_epsilon=cfg.central_epsilon,
             noise=s.noise,
+            tolerated=s.forged_reports_tolerated,
         )
         catalog = bundle.catalog
         eng = engagement(
@@ -226,6 +262,7 @@ class Aggregator:
             central_epsilon=cfg.central_epsilon,
             report_limit=cfg.report_limit,
             noise=s.noise,
+            parents=segs.parents,
         )
         published = pops.published if census else segs.populations
         priors = category_priors(

@@ -43,7 +43,7 @@ from localrank.server.aggregate import (
     ensure_base_bundle,
 )
 from localrank.server.config import ServerConfig
-from localrank.server.ingest import IngestError, IngestRules, parse_batch
+from localrank.server.ingest import IngestError, IngestRules, PublishedHistory, parse_batch
 from localrank.server.key_chain import key_chain_router
 from localrank.server.metrics import CONTENT_TYPE, Metrics
 from localrank.server.storage import Storage, StorageUnavailableError, open_storage
@@ -80,6 +80,7 @@ class ServerState:
         self._lock = threading.Lock()
         self._bundle: tuple[Bundle, bytes, IngestRules] | None = None
         self._checked = -1.0
+        self._history = PublishedHistory(self.public_key)
 
     def bundle(self, *, fresh: bool = False) -> tuple[Bundle, bytes, IngestRules]:
         """The latest bundle, its bytes and the ingest rules it implies. Another worker may
@@ -97,9 +98,10 @@ class ServerState:
         row = self.storage.latest_bundle()
         assert row is not None  # ensure_base_bundle put one there
         opened = open_bundle(row.data, self.public_key, now=float("-inf"))
+        # Reports are checked against every stored bundle a device may still hold.
         rules = IngestRules(
-            d_seg=opened.segments.d_seg,
             offers=frozenset(opened.catalog.ids),
+            published=self._history.configs(self.storage.bundles()),
             max_body_bytes=self.config.max_body_bytes,
             max_reports=self.config.max_reports,
         )

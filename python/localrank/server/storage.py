@@ -198,6 +198,11 @@ class Storage(abc.ABC):
     def latest_bundle(self) -> BundleRow | None: ...
 
     @abc.abstractmethod
+    def bundles(self) -> list[BundleRow]:
+        """Every stored bundle (the latest ``keep_bundles``), oldest first: ingest accepts the
+        report configurations of those still inside the window."""
+
+    @abc.abstractmethod
     def latest_bundle_digest(self) -> tuple[int, str] | None:
         """``(version, digest)`` of the latest bundle, without its bytes."""
 
@@ -391,6 +396,11 @@ class SqlStorage(Storage):
             return None
         v, dg, c, d = rows[0]
         return BundleRow(int(v), str(dg), float(c), bytes(d))
+
+    def bundles(self) -> list[BundleRow]:
+        with self.transaction(write=False) as tx:
+            rows = tx.execute("SELECT version, digest, created, data FROM bundles ORDER BY version")
+        return [BundleRow(int(v), str(dg), float(c), bytes(d)) for v, dg, c, d in rows]
 
     def latest_bundle_digest(self) -> tuple[int, str] | None:
         with self.transaction(write=False) as tx:

@@ -25,11 +25,20 @@ Noise is added here, once per epoch, and the exact values are discarded:
 
 The estimator then uses the noised ``ñ`` for ``n``; ``E[ñ] = n``, so ``(S − ñ·q)/(p − q)``
 stays unbiased, with ``q²·Var(Z)/(p − q)²`` more variance.
+
+What one report may carry is bounded here (``docs/privacy-math.md``, "Forged reports"):
+
+- an OUE report that sets more bits in some subtree than an honest one would
+  (:func:`localrank.estimators.oue_report_cap`; census: every subtree, engagement: the tracked
+  segments of every subtree) is dropped, neither summed nor counted;
+- a group whose configuration cannot be folded (not a valid oracle and ε's, as older servers
+  may have stored) is skipped and logged: one stored report never stops a fold.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -37,7 +46,8 @@ from fractions import Fraction
 import numpy as np
 
 from localrank.errors import InputError
-from localrank.ldp import discrete_laplace, packed_len, unpack_bits
+from localrank.estimators import oue_report_cap
+from localrank.ldp import discrete_laplace, effective_probabilities, packed_len, unpack_bits
 from localrank.server.ingest import parse_config
 from localrank.server.storage import ReportRow, SumRow
 
@@ -52,6 +62,7 @@ __all__ = [
 #: The wire's engagement events, in the order of the ``event`` axis.
 EVENTS = ("impression", "click", "conversion", "dismiss")
 _EVENT_INDEX = {e: i for i, e in enumerate(EVENTS)}
+LOG = logging.getLogger("localrank.server.aggregate")
 #: Reports are unpacked this many at a time, to bound memory (OUE bits are d_seg bytes each).
 _CHUNK = 20_000
 
@@ -96,21 +107,54 @@ def decode_sum(row: SumRow) -> CensusSums | EngagementSums:
         )
 
 
+def children_order(parents: np.ndarray) -> np.ndarray:
+    """Segment ids deepest first (a child before its parent)."""
+    depth = np.zeros(parents.size, dtype=np.int64)
+    for s in range(1, parents.size):  # the builder lists parents before children
+        depth[s] = depth[parents[s]] + 1
+    order: np.ndarray = np.asarray(np.argsort(-depth, kind="stable"))
+    return order
+
+
+def subtree_counts(per_item: np.ndarray, parents: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``per_item`` (``(d,)`` or ``(m, d)``) summed over each segment's subtree."""
+    acc: np.ndarray = np.array(per_item, dtype=np.int64 if per_item.dtype.kind in "biu" else None)
+    for s in order:
+        if s != 0:
+            acc[..., parents[s]] += acc[..., s]
+    return acc
+
+
 def _supports(
-    oracle: str, segments: list[int], bits: list[bytes], d_seg: int, keep: np.ndarray
-) -> np.ndarray:
-    """Per report, the indicator of each kept segment ``j``: GRR ``value == j``, OUE bit j."""
+    oracle: str,
+    segments: list[int],
+    bits: list[bytes],
+    d_seg: int,
+    keep: np.ndarray,
+    caps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per report, the indicator of each kept segment ``j`` (GRR ``value == j``, OUE bit j),
+    and which reports are plausible. With ``caps = (parents, order, cap)``, an OUE report
+    whose set bits among ``keep`` exceed ``cap`` in some subtree is implausible."""
     m = len(segments) if oracle != "oue" else len(bits)
     out = np.zeros((m, keep.size), dtype=np.uint8)
+    plausible = np.ones(m, dtype=bool)
     if oracle == "oue":
         width = packed_len(d_seg)
         for start in range(0, m, _CHUNK):
             raw = np.frombuffer(b"".join(bits[start : start + _CHUNK]), dtype=np.uint8)
-            out[start : start + _CHUNK] = unpack_bits(raw.reshape(-1, width), d_seg)[:, keep]
+            unpacked = unpack_bits(raw.reshape(-1, width), d_seg)
+            out[start : start + _CHUNK] = unpacked[:, keep]
+            if caps is not None:
+                parents, order, cap = caps
+                kept = np.zeros_like(unpacked, dtype=np.int32)
+                kept[:, keep] = unpacked[:, keep]
+                within = subtree_counts(kept, parents, order) <= cap[None, :]
+                plausible[start : start + _CHUNK] = within.all(axis=1)
     else:
         values = np.asarray(segments, dtype=np.int64)
         out[:] = values[:, None] == keep[None, :]
-    return out
+    return out, plausible
 
 
 def _noised(counts: np.ndarray, epsilon: float | None, sensitivity: int) -> np.ndarray:
@@ -164,55 +208,122 @@ def fold_reports(
     for r in rows:
         groups.setdefault((r.kind, r.config), []).append(r)
     out: list[SumRow] = []
+    order = children_order(parents)
     for (kind, config), group in sorted(groups.items()):
-        mode, oracle, _, _ = parse_config(config)
-        if kind == "census":
-            every = np.arange(d_seg)
-            ind = _supports(
-                oracle,
-                [r.segment or 0 for r in group],
-                [r.bits or b"" for r in group],
-                d_seg,
-                every,
-            )
-            support = ind.sum(axis=0, dtype=np.int64)
-            n_census = int(_noised(np.array([len(group)]), eps, 1)[0])
-            out.append(SumRow(epoch, config, kind, part, n_census, _blob(support=support)))
+        try:
+            row = _fold_group(
+                kind, config, group, epoch=epoch, d_seg=d_seg, parents=parents, order=order,
+                offers=offers, offer_index=offer_index, col=col, tracked=tracked, eps=eps,
+                report_limit=report_limit, part=part,
+            )  # fmt: skip
+        except (InputError, ValueError, OverflowError, ZeroDivisionError) as e:
+            # Stored by a server that did not check configurations: skipped, never fatal.
+            LOG.warning(
+                "fold: epoch %d: %d %s reports of configuration %r skipped: %s",
+                epoch, len(group), kind, config, e,
+            )  # fmt: skip
             continue
-        known = [r for r in group if r.offer in offer_index and r.event in _EVENT_INDEX]
+        out.append(row)
+    return out
+
+
+def _fold_group(
+    kind: str,
+    config: str,
+    group: list[ReportRow],
+    *,
+    epoch: int,
+    d_seg: int,
+    parents: np.ndarray,
+    order: np.ndarray,
+    offers: Sequence[str],
+    offer_index: dict[str, int],
+    col: dict[int, int],
+    tracked: np.ndarray,
+    eps: float | None,
+    report_limit: int,
+    part: str,
+) -> SumRow:
+    mode, oracle, e, perm = parse_config(config)
+    caps = None
+    if mode == "ldp":
+        if oracle not in ("grr", "oue") or e is None:
+            raise InputError(f"config: {config!r} is not an LDP configuration")
+        _, q = effective_probabilities(oracle, d_seg, e, perm)
+    elif (mode, oracle, e, perm) != ("central", "none", None, None):
+        raise InputError(f"config: {config!r} is not a known configuration")
+    if kind == "census":
+        if mode != "ldp":
+            raise InputError("config: a census is always LDP")
+        every = np.arange(d_seg)
+        if oracle == "oue":
+            caps = (parents, order, oue_report_cap(subtree_counts(np.ones(d_seg, np.int64),
+                                                                  parents, order), q))  # fmt: skip
+        ind, plausible = _supports(
+            oracle,
+            [r.segment or 0 for r in group],
+            [r.bits or b"" for r in group],
+            d_seg,
+            every,
+            caps,
+        )
+        _log_dropped(epoch, kind, config, plausible)
+        support = ind[plausible].sum(axis=0, dtype=np.int64)
+        n_census = int(_noised(np.array([int(plausible.sum())]), eps, 1)[0])
+        return SumRow(epoch, config, kind, part, n_census, _blob(support=support))
+    known = [r for r in group if r.offer in offer_index and r.event in _EVENT_INDEX]
+    shape = (len(offers), len(EVENTS), tracked.size)
+    values = np.zeros(shape, dtype=np.int64)
+    n = np.zeros(shape[:2], dtype=np.int64)
+    if mode == "central":
         oi = np.array([offer_index[r.offer or ""] for r in known], dtype=np.int64)
         ei = np.array([_EVENT_INDEX[r.event or ""] for r in known], dtype=np.int64)
-        shape = (len(offers), len(EVENTS), tracked.size)
-        values = np.zeros(shape, dtype=np.int64)
-        n = np.zeros(shape[:2], dtype=np.int64)
-        if mode == "central":
-            seg_cols = np.array(
-                [col[_nearest_tracked(r.segment or 0, col, parents)] for r in known],
-                dtype=np.int64,
-            )
-            np.add.at(values, (oi, ei, seg_cols), 1)
-            values = _noised(values, eps, report_limit)
-        else:
-            ind = _supports(
-                oracle,
-                [r.segment or 0 for r in known],
-                [r.bits or b"" for r in known],
-                d_seg,
-                tracked,
-            )
-            np.add.at(values, (oi, ei), ind.astype(np.int64))
-            np.add.at(n, (oi, ei), 1)
-            n = _noised(n, eps, report_limit)
-        blob = _blob(
-            offers=np.array(list(offers), dtype=np.str_),
-            segments=tracked,
-            values=values.astype(np.int32),
-            n=n.astype(np.int32),
+        seg_cols = np.array(
+            [col[_nearest_tracked(r.segment or 0, col, parents)] for r in known],
+            dtype=np.int64,
         )
-        # The row's n is a noised total too: no exact count outlives the fold.
-        total = int(values.sum()) if mode == "central" else int(n.sum())
-        out.append(SumRow(epoch, config, kind, part, total, blob))
-    return out
+        np.add.at(values, (oi, ei, seg_cols), 1)
+        values = _noised(values, eps, report_limit)
+    else:
+        if oracle == "oue":
+            in_tracked = np.zeros(d_seg, dtype=np.int64)
+            in_tracked[tracked] = 1
+            caps = (parents, order, oue_report_cap(subtree_counts(in_tracked, parents, order), q))
+        ind, plausible = _supports(
+            oracle,
+            [r.segment or 0 for r in known],
+            [r.bits or b"" for r in known],
+            d_seg,
+            tracked,
+            caps,
+        )
+        _log_dropped(epoch, kind, config, plausible)
+        known = [r for r, ok in zip(known, plausible, strict=True) if ok]
+        ind = ind[plausible]
+        oi = np.array([offer_index[r.offer or ""] for r in known], dtype=np.int64)
+        ei = np.array([_EVENT_INDEX[r.event or ""] for r in known], dtype=np.int64)
+        np.add.at(values, (oi, ei), ind.astype(np.int64))
+        np.add.at(n, (oi, ei), 1)
+        n = _noised(n, eps, report_limit)
+    blob = _blob(
+        offers=np.array(list(offers), dtype=np.str_),
+        segments=tracked,
+        values=values.astype(np.int32),
+        n=n.astype(np.int32),
+    )
+    # The row's n is a noised total too: no exact count outlives the fold.
+    total = int(values.sum()) if mode == "central" else int(n.sum())
+    return SumRow(epoch, config, kind, part, total, blob)
+
+
+def _log_dropped(epoch: int, kind: str, config: str, plausible: np.ndarray) -> None:
+    dropped = int(plausible.size - plausible.sum())
+    if dropped:
+        LOG.warning(
+            "fold: epoch %d: %d %s reports of %r dropped: more bits set in a subtree than an "
+            "honest report sets (see docs/privacy-math.md)",
+            epoch, dropped, kind, config,
+        )  # fmt: skip
 
 
 def _nearest_tracked(segment: int, col: dict[int, int], parents: np.ndarray) -> int:
