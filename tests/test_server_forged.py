@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_a_central_segment_must_be_one_the_bundle_published_as_usable(
     pops = np.full(D, -1)
     pops[0], pops[usable], pops[SEGS.id_of("books/movies")] = 500, 120, MIN - 1
     path = tmp_path / "central.bundle"
-    data = open_bundle(base_bundle(path, mode="central").read_bytes(), PUBLIC_KEY, now=0)
+    data = open_bundle(base_bundle(path, mode="central").read_bytes(), PUBLIC_KEY, now=-math.inf)
     path.write_bytes(build_bundle(
         catalog=data.catalog, taxonomy=data.taxonomy, config=data.config, version=1,
         created=data.created, expires=data.expires, signing_key=KEY.read_bytes(),
@@ -161,7 +162,7 @@ def test_reports_made_under_an_earlier_bundle_inside_the_window_are_accepted(
     has expired before the window began, its configuration is."""
     e = epoch_of(clock.now())
     old = device_reports(np.array([TARGET]), epoch=e)
-    v1 = open_bundle(server.state.storage.latest_bundle().data, PUBLIC_KEY, now=0)  # type: ignore[union-attr]
+    v1 = open_bundle(server.state.storage.latest_bundle().data, PUBLIC_KEY, now=-math.inf)  # type: ignore[union-attr]
     v2 = build_bundle(
         catalog=v1.catalog, taxonomy=v1.taxonomy, config=replace(v1.config, epsilon=3.0),
         version=2, created=clock.now(), expires=clock.now() + 7 * 86400,

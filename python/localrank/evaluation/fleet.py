@@ -11,6 +11,7 @@ depends on ε and the mode.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from localrank.bundle import open_bundle
 from localrank.clock import SECONDS_PER_DAY, FixedClock
 from localrank.engine import Engine, Tuning
 from localrank.errors import BundleError
@@ -257,15 +259,16 @@ def recommend_all(
     out: dict[tuple[str, int], list[list[int]]] = {
         (level, j): [] for level in levels for j in range(len(tunings))
     }
+    # Every device ranks at its own time with the bundle published at the end of the replay,
+    # which lies in its future: install it as of its publication (a device refuses a bundle
+    # created more than a day ahead of its clock), then rank at the device's time.
+    published = open_bundle(bundle, fleet.public_key, now=-math.inf).created
     for d in fleet.devices:
         now = ranking_time(d.last_t)
-        engine = Engine.open(
-            d.path,
-            public_key=fleet.public_key,
-            bundle=bundle,
-            clock=FixedClock(now),
-            tuning=tunings[0],
-        )
+        clock = FixedClock(max(now, published))
+        engine = Engine.open(d.path, public_key=fleet.public_key, clock=clock, tuning=tunings[0])
+        engine.load_bundle(bundle)
+        clock.set(now)
         known = seen[d.user]
         try:
             for j, tuning in enumerate(tunings):
