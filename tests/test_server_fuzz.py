@@ -147,7 +147,7 @@ def _strict_cases() -> list[tuple[str, bytes, str]]:
     text = batch_body(good).decode()
     kind = '"kind":"engagement"'
     assert kind in text
-    nested_dup = text.replace(kind, kind + ',"kind":"census"', 1)
+    nested_dup = text.replace(kind, '"kind":"census",' + kind, 1)  # the last one is valid
     return [
         # jsonschema-rs raised UnicodeEncodeError on these: a plain-text 500.
         ("lone surrogate in a value", text.replace(kind, '"kind":"\\ud800"', 1).encode(),
@@ -301,8 +301,9 @@ def _drip_until_closed(socks: list[socket.socket], drip: bytes) -> list[bytes]:
     step = 0
     while open_ and time.monotonic() < deadline:
         for i in list(open_):
-            with contextlib.suppress(OSError):  # closed by the server: the read sees the end
-                socks[i].send(drip[step % len(drip) : step % len(drip) + 1])
+            if drip:
+                with contextlib.suppress(OSError):  # closed by the server: the read sees it
+                    socks[i].send(drip[step % len(drip) : step % len(drip) + 1])
             readable, _, _ = select.select([socks[i]], [], [], 0)
             while readable:
                 try:
