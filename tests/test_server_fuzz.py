@@ -411,3 +411,23 @@ def test_a_client_gone_mid_body_is_a_499_not_an_error(strict_serve: ServeProcess
     assert log.count('"POST /v1/reports" 499 ') == 3, log[-3000:]
     _still_answers(strict_serve)
     _assert_log_clean(strict_serve)
+
+
+def test_unparseable_and_oversized_heads_get_a_json_400(strict_serve: ServeProcess) -> None:
+    # uvicorn answers these itself, before the app, and did so in plain text.
+    # The head limit applies to a head still incomplete, so the oversized one comes in parts.
+    oversized = [b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * 20_000, b"\r\n\r\n"]
+    for parts in ([b"NOT AN HTTP REQUEST\r\n\r\n"], oversized):
+        sock = _connect(strict_serve.port)
+        sock.setblocking(True)
+        for part in parts:
+            with contextlib.suppress(OSError):  # the server may close after the first part
+                sock.sendall(part)
+            time.sleep(0.2)
+        sock.setblocking(False)
+        (raw,) = _drip_until_closed([sock], b"")
+        status, headers, doc = _json_answer(raw)
+        assert status == 400 and doc["error"] == "bad_request", raw[:300]
+        assert headers["content-type"] == "application/json"
+    _still_answers(strict_serve)
+    _assert_log_clean(strict_serve)
