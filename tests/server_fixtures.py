@@ -110,7 +110,15 @@ def storage_for(db_url: str) -> Storage:
 class ServeProcess:
     """``localrank serve`` as a child process (for SIGKILL and worker tests)."""
 
-    def __init__(self, db: str, *, workers: int = 1, now: float | None = None, log: Path) -> None:
+    def __init__(
+        self,
+        db: str,
+        *,
+        workers: int = 1,
+        now: float | None = None,
+        log: Path,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
@@ -120,6 +128,7 @@ class ServeProcess:
         ]  # fmt: skip
         if now is not None:
             self.args += ["--now", repr(now)]
+        self.args += list(extra_args)
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -203,7 +203,12 @@ def test_body_over_the_limit_is_413(db_url: str, clock: FixedClock) -> None:
             for i in range(0, len(big), 1000):
                 yield big[i : i + 1000]
 
-        r = httpx.post(server.url + "/v1/reports", content=chunks(), timeout=30)
+        r = httpx.post(
+            server.url + "/v1/reports",
+            content=chunks(),
+            headers={"Content-Type": "application/json"},  # else 415 before any byte is read
+            timeout=30,
+        )
         assert r.status_code == 413
         assert server.state.storage.counts()["reports"] == 0
 

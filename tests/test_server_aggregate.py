@@ -318,7 +318,11 @@ def test_aggregate_end_to_end_publishes_signed_bundles(
 
     # A retry of a report of the folded epoch is refused (the device dropped it too).
     late = device_reports(np.array([BOOKS]), epoch=e0, bundle=b2)
-    r = httpx.post(live.url + "/v1/reports", content=batch_body(late))
+    r = httpx.post(
+        live.url + "/v1/reports",
+        content=batch_body(late),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 422 and r.json()["error"] == "epoch_window"
 
     # Second round: devices in books/movies engage with movie offers, devices at the root with

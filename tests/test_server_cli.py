@@ -26,6 +26,7 @@ from server_fixtures import (  # noqa: E402
     device_reports,
 )
 
+JSON = {"Content-Type": "application/json"}  # the server refuses any other body (415)
 
 @pytest.mark.slow
 def test_serve_replays_history_and_aggregate_publishes(tmp_path: Path) -> None:
@@ -36,11 +37,15 @@ def test_serve_replays_history_and_aggregate_publishes(tmp_path: Path) -> None:
         reports = device_reports(
             np.arange(6), epoch=epoch_of(T0), offers=[b.catalog.ids[i] for i in range(6)]
         )
-        r = httpx.post(server.url + "/v1/reports", content=batch_body(reports), timeout=30)
+        r = httpx.post(
+            server.url + "/v1/reports", content=batch_body(reports), headers=JSON, timeout=30
+        )
         assert r.status_code == 200 and r.json()["stored"] == 6, r.text
         # Today's epoch (the wall clock) is far outside the replayed window.
         today = device_reports(np.arange(1), epoch=epoch_of(T0) + 400, offers=[b.catalog.ids[0]])
-        r = httpx.post(server.url + "/v1/reports", content=batch_body(today), timeout=30)
+        r = httpx.post(
+            server.url + "/v1/reports", content=batch_body(today), headers=JSON, timeout=30
+        )
         assert r.status_code == 422 and r.json()["error"] == "epoch_window"
     finally:
         server.stop()

@@ -10,7 +10,10 @@
 | ``GET /openapi.json`` | this API's OpenAPI document |
 
 Errors are JSON, ``{"error": code, "detail": message}``: 4xx for bad input, 503 with
-``Retry-After`` when the database is unavailable. The access log names the method, the path,
+``Retry-After`` when the database is unavailable (or on any fault of the server's own). A POST
+body must be ``application/json`` in UTF-8 without a BOM, duplicate keys or lone surrogates
+(``server/strict_body.py``), and arrive within ``http.body_timeout`` (else 408); a client that
+disconnects mid-body is logged as a 499. The access log names the method, the path,
 the status and the time taken, never the client's address; nothing stores one.
 """
 
@@ -30,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import load_private_key
@@ -47,6 +51,7 @@ from localrank.server.ingest import IngestError, IngestRules, PublishedHistory, 
 from localrank.server.key_chain import key_chain_router
 from localrank.server.metrics import CONTENT_TYPE, Metrics
 from localrank.server.storage import Storage, StorageUnavailableError, open_storage
+from localrank.server.strict_body import check_content_type, strict_json
 
 __all__ = ["ServerState", "app_from_env", "create_app"]
 
@@ -145,7 +150,24 @@ class ServerState:
 def _error(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    # A detail quoting the client's input must still encode as UTF-8 (lone surrogates).
+    detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+#: nginx's "client closed request": logged, never sent (the client is gone).
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLargeError()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _openapi_batch_schemas() -> dict[str, Any]:
@@ -274,6 +296,17 @@ def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastA
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        # A fault of the server's own: still a JSON answer (the traceback is logged by the
+        # server, as it should be), and 503 so a device retries later.
+        return _error(
+            503,
+            "internal",
+            "the server failed to answer; retry later",
+            {"Retry-After": str(config.retry_after)},
+        )
+
     @app.post(
         "/v1/reports",
         summary="Store a batch of reports (all or nothing; a known nonce is 'already_stored')",
@@ -290,8 +323,12 @@ def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastA
                     "application/json": {"schema": {"$ref": "#/components/schemas/Stored"}}
                 },
             },
-            400: _err_response("Malformed JSON"),
+            400: _err_response(
+                "Malformed JSON, not UTF-8 (or with a BOM), a duplicate key or a lone surrogate"
+            ),
+            408: _err_response("The body did not arrive within the body timeout"),
             413: _err_response("Body over the size limit"),
+            415: _err_response("Content-Type is not application/json"),
             422: _err_response(
                 "Refused: schema version, unknown fields, too many reports, epoch outside the "
                 "window, segment, bits or offer invalid"
@@ -299,18 +336,33 @@ def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastA
             503: _err_response("Database unavailable; retry after Retry-After seconds"),
         },
     )
-    async def post_reports(request: Request) -> JSONResponse:
+    async def post_reports(request: Request) -> Response:
+        check_content_type(request.headers.get("content-type"))
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise _BodyTooLargeError()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise _BodyTooLargeError()
-            chunks.append(chunk)
-        result = await run_in_threadpool(state.ingest, b"".join(chunks))
+        # One deadline for the whole body, not per read: a client dripping a byte at a time
+        # would otherwise hold the connection for ever.
+        try:
+            body = await asyncio.wait_for(
+                _read_body(request, config.max_body_bytes), config.http.body_timeout
+            )
+        except asyncio.TimeoutError:  # not yet the builtin TimeoutError on Python 3.10
+            metrics.batches.labels("timeout").inc()
+            return _error(
+                408,
+                "timeout",
+                f"body: not complete within {config.http.body_timeout:g}s",
+                {"Connection": "close"},
+            )
+        except ClientDisconnect:
+            # The client's doing, not a fault: one access-log line with 499, no traceback.
+            metrics.batches.labels("disconnected").inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        # Strict before anything else parses it: the schema validator and the database driver
+        # must never see a duplicate key or a lone surrogate.
+        await run_in_threadpool(strict_json, body)
+        result = await run_in_threadpool(state.ingest, body)
         metrics.batches.labels("accepted").inc()
         return JSONResponse(result)
 

@@ -112,12 +112,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from localrank.server.config import CONFIG_ENV
+    from localrank.server.transport import HttpLimits, uvicorn_options
 
     config, offset = _config(
         args,
         max_body_bytes=args.max_body_bytes,
         max_reports=args.max_reports,
         aggregate_every=args.aggregate_every if args.aggregate_every > 0 else None,
+        http=HttpLimits(
+            head_timeout=args.head_timeout,
+            body_timeout=args.body_timeout,
+            keep_alive=args.keep_alive,
+            max_connections=args.max_connections,
+            max_head_bytes=args.max_head_bytes,
+        ),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ[CONFIG_ENV] = config.to_env(clock_offset=offset)
@@ -133,6 +141,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
         log_level="info",
+        **uvicorn_options(config.http, retry_after=config.retry_after),
     )
     return 0
 
@@ -180,6 +189,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=3600.0,
         help="seconds between aggregation runs inside the server (0: never)",
+    )
+    limits = serve.add_argument_group("connection limits (per worker; docs/server.md)")
+    limits.add_argument(
+        "--head-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has, from its opening or its last answer, to send a request "
+        "head (else closed, 408)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request body has to arrive whole (else 408)",
+    )
+    limits.add_argument(
+        "--keep-alive", type=float, default=5.0, help="idle seconds between requests"
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=512,
+        help="open connections; one more is answered 503 and closed",
+    )
+    limits.add_argument(
+        "--max-head-bytes", type=int, default=16 * 1024, help="largest request head (else 400)"
     )
     serve.set_defaults(func=_cmd_serve, needs=("server",))
 

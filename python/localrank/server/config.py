@@ -14,6 +14,7 @@ from typing import Any
 from localrank.clock import Clock, SystemClock
 from localrank.errors import InputError
 from localrank.server.aggregate import AggregationSettings
+from localrank.server.transport import HttpLimits
 
 __all__ = ["CONFIG_ENV", "ServerConfig", "ShiftedClock"]
 
@@ -54,6 +55,8 @@ class ServerConfig:
         retry_after: the Retry-After (seconds) sent with a 503.
         busy_timeout_ms: how long a request waits for a database lock before it gets a 503.
         key_chain: the key-chain file served at ``GET /v1/keys`` (key rotation), or None.
+        http: per-connection time and size limits (request head and body deadlines, open
+            connections, keep-alive; ``server/transport.py``).
     """
 
     db: str
@@ -67,6 +70,7 @@ class ServerConfig:
     busy_timeout_ms: int = 5000
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     key_chain: str | Path | None = None
+    http: HttpLimits = field(default_factory=HttpLimits)
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, str) or "://" not in self.db:
@@ -101,6 +105,7 @@ class ServerConfig:
             "busy_timeout_ms": self.busy_timeout_ms,
             "aggregation": self.aggregation.__dict__,
             "key_chain": None if self.key_chain is None else str(Path(self.key_chain).resolve()),
+            "http": self.http.to_dict(),
         }
         return json.dumps(doc)
 
@@ -113,6 +118,7 @@ class ServerConfig:
         doc = json.loads(text)
         offset = float(doc.pop("clock_offset", 0.0))
         doc["aggregation"] = AggregationSettings(**doc.get("aggregation", {}))
+        doc["http"] = HttpLimits(**doc.get("http", {}))
         return cls(clock=ShiftedClock(offset) if offset else SystemClock(), **doc)
 
 

@@ -10,13 +10,17 @@ from typing import Any
 
 import uvicorn
 
+from localrank.server.transport import HttpLimits, uvicorn_options
+
 __all__ = ["EmbeddedServer"]
 
 
 class EmbeddedServer:
     """``with EmbeddedServer(app) as s: httpx.get(s.url + "/healthz")``."""
 
-    def __init__(self, app: Any, *, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self, app: Any, *, startup_timeout: float = 20.0, limits: HttpLimits | None = None
+    ) -> None:
         self.app = app
         self._timeout = startup_timeout
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -24,7 +28,14 @@ class EmbeddedServer:
         self._sock.bind(("127.0.0.1", 0))  # loopback only, a free port
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        # The same connection limits as `localrank serve` (defaults unless ``limits``).
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            **uvicorn_options(limits or HttpLimits()),
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
