@@ -26,13 +26,17 @@ PIP_VERSION := 26.3
 LOCKED     := $(VENV)/.localrank-locked
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-$(BIN)/uv:
+# The stamp names both versions, so changing either re-installs them in an existing .venv.
+TOOLS := $(VENV)/.tools-uv-$(UV_VERSION)-pip-$(PIP_VERSION)
+
+$(TOOLS):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)" "uv==$(UV_VERSION)"
+	@touch $@
 
 # The dev extra (which holds every other extra) at the locked versions, maturin among them,
 # without the project.
-$(LOCKED): $(BIN)/uv uv.lock
+$(LOCKED): $(TOOLS) uv.lock
 	$(BIN)/uv sync --frozen --inexact --no-install-project --extra dev --quiet
 	@touch $@
 
@@ -46,7 +50,7 @@ $(STAMP): $(LOCKED) pyproject.toml $(RUST_SOURCES)
 
 # Re-resolve uv.lock from pyproject.toml's ranges (the newest versions that satisfy them).
 .PHONY: lock
-lock: $(BIN)/uv
+lock: $(TOOLS)
 	$(BIN)/uv lock --upgrade
 
 build: $(STAMP)
