@@ -60,6 +60,7 @@ from localrank.server.sums import (
     CensusSums,
     EngagementSums,
     children_order,
+    kept_per_subtree,
     subtree_counts,
 )
 
@@ -108,9 +109,6 @@ class Populations:
         return out
 
 
-_children_order = children_order
-
-
 def _checked_probabilities(config: str, d: int) -> tuple[str, str, float, float]:
     """``(mode, oracle, p, q)`` of an LDP configuration, or InputError if it cannot be
     estimated (invalid names, ε's the oracle refuses, or p − q too small to divide by)."""
@@ -135,14 +133,6 @@ def population_influence(oracle: str, p: float, q: float, size: np.ndarray) -> n
     return out
 
 
-def _subtree_sum(values: np.ndarray, parents: np.ndarray, order: np.ndarray) -> np.ndarray:
-    acc: np.ndarray = np.array(values, dtype=np.float64)
-    for s in order:
-        if s != ROOT:
-            acc[parents[s]] += acc[s]
-    return acc
-
-
 def populations(
     census: Sequence[CensusSums],
     *,
@@ -156,8 +146,8 @@ def populations(
     if isinstance(tolerated, bool) or not isinstance(tolerated, int) or tolerated < 0:
         raise InputError(f"tolerated: expected an integer ≥ 0, got {tolerated!r}")
     d = parents.size
-    order = _children_order(parents)
-    size = _subtree_sum(np.ones(d), parents, order)
+    order = children_order(parents)
+    size = subtree_counts(np.ones(d), parents, order)
     est = np.zeros(d)
     var = np.zeros(d)
     null_var = np.zeros(d)  # at population 0, from the published parameters and ñ only
@@ -178,12 +168,12 @@ def populations(
         n = max(c.n, 0)
         reports += c.n
         single = (c.support - n * q) / (p - q)
-        sub = _subtree_sum(single, parents, order)
+        sub = subtree_counts(single, parents, order)
         est += sub
         gap2 = (p - q) ** 2
         if oracle == "oue":
             per = count_variance(np.clip(single, 0, n), n, p, q)
-            var += _subtree_sum(per, parents, order)
+            var += subtree_counts(per, parents, order)
             base = size * q * (1 - q)
             coef = np.full(d, p * (1 - p) - q * (1 - q))
         else:
@@ -240,9 +230,7 @@ def engagement_influence(
     d = parents.size
     if mode == "central":
         return np.full(d, w)
-    in_tracked = np.zeros(d, dtype=np.int64)
-    in_tracked[tracked] = 1
-    t_s = subtree_counts(in_tracked, parents, children_order(parents)).astype(np.float64)
+    t_s = kept_per_subtree(tracked, parents, children_order(parents)).astype(np.float64)
     m = oue_report_cap(t_s.astype(np.int64), q) if oracle == "oue" else np.minimum(t_s, 1.0)
     out: np.ndarray = w * ((1 - q) * m + q * (t_s - m)) / (p - q)
     return out
@@ -342,16 +330,14 @@ def category_priors(
     """float32[d_seg, C] per-segment category priors (see the module docstring)."""
     d = parents.size
     C = sensitive_categories.size
-    order = _children_order(parents)
+    order = children_order(parents)
     # Category mass per tracked segment, clipped at zero per category (LDP estimates may be
     # negative), then summed over each subtree.
     mass = np.zeros((d, C))
     per_cat = np.zeros((C, eng.tracked.size))
     np.add.at(per_cat, primary, eng.scores)
     mass[eng.tracked] = np.clip(per_cat, 0, None).T
-    for s in order:
-        if s != ROOT:
-            mass[parents[s]] += mass[s]
+    mass = subtree_counts(mass.T, parents, order).T
     base = (~sensitive_categories).astype(np.float64)
     base /= max(base.sum(), 1.0)
     # Pseudo-counts in units of what one report can carry: f reports then move a segment's

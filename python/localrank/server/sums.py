@@ -125,6 +125,13 @@ def subtree_counts(per_item: np.ndarray, parents: np.ndarray, order: np.ndarray)
     return acc
 
 
+def kept_per_subtree(keep: np.ndarray, parents: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """How many of the segments ``keep`` lie in each segment's subtree (int64)."""
+    in_keep = np.zeros(parents.size, dtype=np.int64)
+    in_keep[keep] = 1
+    return subtree_counts(in_keep, parents, order)
+
+
 def _supports(
     oracle: str,
     segments: list[int],
@@ -245,7 +252,7 @@ def _fold_group(
     part: str,
 ) -> SumRow:
     mode, oracle, e, perm = parse_config(config)
-    caps = None
+    q = 0.0
     if mode == "ldp":
         if oracle not in ("grr", "oue") or e is None:
             raise InputError(f"config: {config!r} is not an LDP configuration")
@@ -255,19 +262,9 @@ def _fold_group(
     if kind == "census":
         if mode != "ldp":
             raise InputError("config: a census is always LDP")
-        every = np.arange(d_seg)
-        if oracle == "oue":
-            caps = (parents, order, oue_report_cap(subtree_counts(np.ones(d_seg, np.int64),
-                                                                  parents, order), q))  # fmt: skip
-        ind, plausible = _supports(
-            oracle,
-            [r.segment or 0 for r in group],
-            [r.bits or b"" for r in group],
-            d_seg,
-            every,
-            caps,
+        ind, plausible = _plausible_supports(
+            group, oracle, q, d_seg, np.arange(d_seg), parents, order, (epoch, kind, config)
         )
-        _log_dropped(epoch, kind, config, plausible)
         support = ind[plausible].sum(axis=0, dtype=np.int64)
         n_census = int(_noised(np.array([int(plausible.sum())]), eps, 1)[0])
         return SumRow(epoch, config, kind, part, n_census, _blob(support=support))
@@ -285,19 +282,9 @@ def _fold_group(
         np.add.at(values, (oi, ei, seg_cols), 1)
         values = _noised(values, eps, report_limit)
     else:
-        if oracle == "oue":
-            in_tracked = np.zeros(d_seg, dtype=np.int64)
-            in_tracked[tracked] = 1
-            caps = (parents, order, oue_report_cap(subtree_counts(in_tracked, parents, order), q))
-        ind, plausible = _supports(
-            oracle,
-            [r.segment or 0 for r in known],
-            [r.bits or b"" for r in known],
-            d_seg,
-            tracked,
-            caps,
+        ind, plausible = _plausible_supports(
+            known, oracle, q, d_seg, tracked, parents, order, (epoch, kind, config)
         )
-        _log_dropped(epoch, kind, config, plausible)
         known = [r for r, ok in zip(known, plausible, strict=True) if ok]
         ind = ind[plausible]
         oi = np.array([offer_index[r.offer or ""] for r in known], dtype=np.int64)
@@ -314,6 +301,34 @@ def _fold_group(
     # The row's n is a noised total too: no exact count outlives the fold.
     total = int(values.sum()) if mode == "central" else int(n.sum())
     return SumRow(epoch, config, kind, part, total, blob)
+
+
+def _plausible_supports(
+    group: list[ReportRow],
+    oracle: str,
+    q: float,
+    d_seg: int,
+    keep: np.ndarray,
+    parents: np.ndarray,
+    order: np.ndarray,
+    where: tuple[int, str, str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_supports` of ``group`` over the segments ``keep``, with OUE reports that set more
+    bits in some subtree's kept segments than an honest one would marked implausible (and
+    logged). ``where`` is (epoch, kind, config), for the log."""
+    caps = None
+    if oracle == "oue":
+        caps = (parents, order, oue_report_cap(kept_per_subtree(keep, parents, order), q))
+    ind, plausible = _supports(
+        oracle,
+        [r.segment or 0 for r in group],
+        [r.bits or b"" for r in group],
+        d_seg,
+        keep,
+        caps,
+    )
+    _log_dropped(*where, plausible)
+    return ind, plausible
 
 
 def _log_dropped(epoch: int, kind: str, config: str, plausible: np.ndarray) -> None:
