@@ -51,7 +51,7 @@ from localrank.server.ingest import IngestError, IngestRules, PublishedHistory, 
 from localrank.server.key_chain import key_chain_router
 from localrank.server.metrics import CONTENT_TYPE, Metrics
 from localrank.server.storage import Storage, StorageUnavailableError, open_storage
-from localrank.server.strict_body import check_content_type, strict_json
+from localrank.server.strict_body import check_content_type
 
 __all__ = ["ServerState", "app_from_env", "create_app"]
 
@@ -359,9 +359,8 @@ def create_app(config: ServerConfig, *, storage: Storage | None = None) -> FastA
             # The client's doing, not a fault: one access-log line with 499, no traceback.
             metrics.batches.labels("disconnected").inc()
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        # Strict before anything else parses it: the schema validator and the database driver
-        # must never see a duplicate key or a lone surrogate.
-        await run_in_threadpool(strict_json, body)
+        # parse_batch parses the body strictly (strict_body.py) before the schema validator or
+        # the database driver sees it.
         result = await run_in_threadpool(state.ingest, body)
         metrics.batches.labels("accepted").inc()
         return JSONResponse(result)

@@ -29,7 +29,6 @@ A batch is all or nothing: one bad report refuses the batch.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from localrank.errors import InputError
 from localrank.ldp import choose_oracle, decode_bits
 from localrank.reports.wire import BATCH_SCHEMA, REPORT_SCHEMA, batch_is_valid, validate_batch
 from localrank.server.storage import BundleRow, ReportRow
+from localrank.server.strict_body import IngestError, short_repr, strict_json
 
 __all__ = [
     "EPOCH_WINDOW",
@@ -59,16 +59,6 @@ __all__ = [
 #: Reports are accepted for the current epoch (UTC day, server clock) and one either side: a
 #: device's clock may be a little off, and a batch made just before midnight may arrive after.
 EPOCH_WINDOW = 1
-
-
-class IngestError(Exception):
-    """A refused batch: the HTTP status, a short machine-readable code and a message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -198,27 +188,20 @@ def parse_config(key: str) -> tuple[str, str, float | None, float | None]:
     return mode, oracle, float(eps) if eps else None, float(perm) if perm else None
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_batch(body: bytes, rules: IngestRules, current_epoch: int) -> list[ReportRow]:
     """Validate ``body`` and return its rows, or raise :class:`IngestError`."""
     if len(body) > rules.max_body_bytes:
         raise IngestError(
             413, "too_large", f"body: {len(body)} bytes, over the limit of {rules.max_body_bytes}"
         )
-    try:
-        doc = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise IngestError(400, "malformed_json", f"body: not valid JSON: {e}") from None
+    doc = strict_json(body)
     if not isinstance(doc, dict):
         raise IngestError(422, "schema", "body: expected a JSON object (a localrank.batch/1)")
     if doc.get("schema") != BATCH_SCHEMA:
         raise IngestError(
             422,
             "schema_version",
-            f"schema: expected {BATCH_SCHEMA!r}, got {_short(doc.get('schema'))}",
+            f"schema: expected {BATCH_SCHEMA!r}, got {short_repr(doc.get('schema'))}",
         )
     reports = doc.get("reports")
     if isinstance(reports, list):
@@ -234,7 +217,7 @@ def parse_batch(body: bytes, rules: IngestRules, current_epoch: int) -> list[Rep
                     422,
                     "schema_version",
                     f"reports/{i}/schema: expected {REPORT_SCHEMA!r}, "
-                    f"got {_short(r.get('schema'))}",
+                    f"got {short_repr(r.get('schema'))}",
                 )
     if not batch_is_valid(doc):
         try:
@@ -274,7 +257,7 @@ def _row(
         v = r[name]
         if v is not None and not (math.isfinite(float(v)) and float(v) > 0):
             raise IngestError(
-                422, name, f"reports/{i}/{name}: expected a finite number > 0, got {_short(v)}"
+                422, name, f"reports/{i}/{name}: expected a finite number > 0, got {short_repr(v)}"
             )
     segment = r.get("segment")
     widest = max(p.d_seg for p in accepted)
@@ -345,7 +328,7 @@ def _matching_configs(
             raise IngestError(
                 422,
                 name,
-                f"reports/{i}/{name}: {_short(value)} is not the {name} of any {r['kind']} "
+                f"reports/{i}/{name}: {short_repr(value)} is not the {name} of any {r['kind']} "
                 f"configuration published by a bundle inside the window "
                 f"(expected {' or '.join(expected)})",
             )
@@ -361,6 +344,3 @@ def _same(published: object, value: object) -> bool:
     return published == value
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -12,6 +12,9 @@ Why each rule:
   reader and the server could each see a different report.
 - Lone surrogates (``"\\ud800"``): not Unicode, so no UTF-8 encoder (the schema validator, the
   database driver) can take them; refused here, before anything downstream raises.
+
+:class:`IngestError`, the refusal every step of ingest raises, is defined here because the body
+is the first step; :mod:`localrank.server.ingest` parses every batch with :func:`strict_json`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,20 @@ import json
 import re
 from typing import Any
 
-from localrank.server.ingest import IngestError
-
-__all__ = ["check_content_type", "strict_json"]
+__all__ = ["IngestError", "check_content_type", "short_repr", "strict_json"]
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class IngestError(Exception):
+    """A refused batch: the HTTP status, a short machine-readable code and a message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
 
 
 def check_content_type(header: str | None) -> None:
@@ -37,7 +48,9 @@ def check_content_type(header: str | None) -> None:
     media, *params = (part.strip() for part in header.split(";"))
     if media.lower() != "application/json":
         raise IngestError(
-            415, "content_type", f"Content-Type: expected application/json, got {_short(header)}"
+            415,
+            "content_type",
+            f"Content-Type: expected application/json, got {short_repr(header)}",
         )
     for param in params:
         name, _, value = param.partition("=")
@@ -45,7 +58,7 @@ def check_content_type(header: str | None) -> None:
             raise IngestError(
                 415,
                 "content_type",
-                f"Content-Type: charset must be utf-8 (or absent), got {_short(header)}",
+                f"Content-Type: charset must be utf-8 (or absent), got {short_repr(header)}",
             )
 
 
@@ -84,7 +97,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         for key, _ in pairs:
             if key in seen:
                 raise IngestError(
-                    400, "duplicate_key", f"body: the key {_short(key)} appears twice in an object"
+                    400,
+                    "duplicate_key",
+                    f"body: the key {short_repr(key)} appears twice in an object",
                 )
             seen.add(key)
     return doc
@@ -121,6 +136,7 @@ def _surrogate(path: tuple[str, ...], what: str) -> None:
     )
 
 
-def _short(value: object) -> str:
+def short_repr(value: object) -> str:
+    """``repr(value)``, cut to 60 characters for an error message."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
