@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from localrank.bundle.container import FORMAT_VERSION, seal, unseal
@@ -295,9 +294,6 @@ _PARSED_MAX = 8
 _VERIFIED: list[tuple[bytes, bytes, Bundle]] = []
 
 
-def _raw(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
 
 def _verified(data: bytes, key: Ed25519PublicKey) -> Bundle | None:
     """The bundle of ``data`` if these exact bytes verified under ``key`` before."""
@@ -305,14 +301,14 @@ def _verified(data: bytes, key: Ed25519PublicKey) -> Bundle | None:
     for k, d, bundle in _VERIFIED:
         # a length check first, then a full comparison (memcmp): only identical bytes match
         if len(d) == len(data) and d == data:
-            raw = raw or _raw(key)
+            raw = raw or key.public_bytes_raw()
             if k == raw:
                 return bundle
     return None
 
 
 def _remember_verified(data: bytes, key: Ed25519PublicKey, bundle: Bundle) -> None:
-    _VERIFIED.append((_raw(key), data, bundle))
+    _VERIFIED.append((key.public_bytes_raw(), data, bundle))
     while len(_VERIFIED) > _PARSED_MAX:
         _VERIFIED.pop(0)
 

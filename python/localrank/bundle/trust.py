@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from localrank.bundle.keys import PublicKeyLike, load_private_key, load_public_key
@@ -63,9 +62,6 @@ class KeyStatementError(BundleError):
     """A key statement was refused: malformed, badly signed, out of sequence, a fork of one
     already applied, or by a key not entitled to make it. Trust is unchanged."""
 
-
-def _raw(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _b64(raw: bytes) -> str:
@@ -109,14 +105,14 @@ def sign_transition(
     new = load_public_key(new_public)
     if not (isinstance(valid_from, (int, float)) and math.isfinite(valid_from)):
         raise InputError(f"valid_from: expected POSIX seconds, got {valid_from!r}")
-    if _raw(new) == _raw(old.public_key()):
+    if new.public_bytes_raw() == old.public_key().public_bytes_raw():
         raise InputError("new_public: expected a key other than the old one")
     body = {
         "schema": STATEMENT_SCHEMA,
         "kind": "transition",
         "sequence": _check_sequence(sequence),
-        "old": _b64(_raw(old.public_key())),
-        "new": _b64(_raw(new)),
+        "old": _b64(old.public_key().public_bytes_raw()),
+        "new": _b64(new.public_bytes_raw()),
         "valid_from": float(valid_from),
     }
     return _sign(body, old)
@@ -133,8 +129,8 @@ def sign_retirement(
         "schema": STATEMENT_SCHEMA,
         "kind": "retirement",
         "sequence": _check_sequence(sequence),
-        "retired": _b64(_raw(retired)),
-        "signer": _b64(_raw(signer.public_key())),
+        "retired": _b64(retired.public_bytes_raw()),
+        "signer": _b64(signer.public_key().public_bytes_raw()),
     }
     return _sign(body, signer)
 
@@ -203,7 +199,7 @@ class KeyTrust:
     """The keys one device trusts: a root and the statements applied to it, in order."""
 
     def __init__(self, root: PublicKeyLike) -> None:
-        self.root = _raw(load_public_key(root))
+        self.root = load_public_key(root).public_bytes_raw()
         self.keys: list[bytes] = [self.root]  # oldest first; the last is the current key
         self.valid_from: list[float] = [-math.inf]  # when each key took over
         self.retired: set[bytes] = set()
@@ -305,7 +301,7 @@ class KeyTrust:
         ]
 
     def knows(self, key: PublicKeyLike) -> bool:
-        return _raw(load_public_key(key)) in self.keys
+        return load_public_key(key).public_bytes_raw() in self.keys
 
     # -- persistence ---------------------------------------------------------------------------
 
