@@ -27,7 +27,7 @@ from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import PublicKeyLike, load_public_key
 from localrank.bundle.trust import KeyTrust
 from localrank.clock import Clock, SystemClock, resolve_now
-from localrank.errors import BundleError, BundleSignatureError, InputError, LocalrankError
+from localrank.errors import BundleError, InputError, LocalrankError
 from localrank.explain import Reason, sentence
 from localrank.geo import Location, region_of, round_location, validate_location
 from localrank.guardrails import (
@@ -181,7 +181,9 @@ class Engine:
             # One that no longer verifies (a new server key) is not used, but must not lock
             # the user out of their store: load_bundle() installs a fresh one, no older.
             with contextlib.suppress(BundleError):
-                self._install(self._open_bundle(stored[0][0], self._trust.installed_keys()))
+                self._install(
+                    open_bundle(stored[0][0], self._trust.installed_keys(), now=-math.inf)
+                )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -245,9 +247,7 @@ class Engine:
             raise InputError(f"source: expected bytes or a path, got {type(source).__name__}")
         t = self._now(now)
         current = self._bundle.version if self._bundle else self._stored_version
-        bundle = self._open_bundle(
-            data, self._trust.bundle_keys(t), now=t, current_version=current
-        )
+        bundle = open_bundle(data, self._trust.bundle_keys(t), now=t, current_version=current)
         if self._bundle is not None and bundle.digest == self._bundle.digest:
             return self._bundle
         with self._store.transaction() as db:
@@ -259,24 +259,6 @@ class Engine:
             )
         self._install(bundle)
         return bundle
-
-    @staticmethod
-    def _open_bundle(
-        data: bytes,
-        keys: list[Any],
-        *,
-        now: float = -math.inf,
-        current_version: int | None = None,
-    ) -> Bundle:
-        """The bundle verified under the first of ``keys`` it verifies with (during a key
-        transition two keys are valid); every other refusal is final at once."""
-        first: BundleSignatureError | None = None
-        for key in keys:
-            try:
-                return open_bundle(data, key, now=now, current_version=current_version)
-            except BundleSignatureError as e:
-                first = first or e
-        raise first or BundleSignatureError("bundle: bad signature: no trusted key is left")
 
     # -- keys ----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import json
 import math
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from localrank.errors import (
     BundleFormatError,
     BundleFromFutureError,
     BundleRollbackError,
+    BundleSignatureError,
     InputError,
 )
 from localrank.segments import SegmentTable, build_segments
@@ -244,7 +245,7 @@ def build_bundle(
 
 def open_bundle(
     data: bytes,
-    public_key: PublicKeyLike,
+    public_key: PublicKeyLike | Sequence[PublicKeyLike],
     *,
     now: float,
     current_version: int | None = None,
@@ -253,7 +254,9 @@ def open_bundle(
     subclass, a file that is not a bundle or of an unknown format, truncated, unsigned, badly
     signed, expired at ``now``, created more than :data:`MAX_CREATED_SKEW_S` after ``now``
     (a non-finite ``now`` skips this check: it re-opens an installed bundle), or older than
-    ``current_version`` (rollback).
+    ``current_version`` (rollback). ``public_key`` may be a list of keys (during a key
+    transition two are valid): the bundle must verify under one of them, tried in order; only
+    a bad signature moves on to the next key, every other refusal is final.
 
     Expiry and rollback are checked on every call. The signature is checked once per process
     for the same bytes and key: bytes equal, byte for byte, to bytes that verified under the
@@ -263,12 +266,7 @@ def open_bundle(
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"bundle: expected bytes, got {type(data).__name__}")
     data = bytes(data)
-    key = load_public_key(public_key)
-    bundle = _verified(data, key)
-    if bundle is None:
-        payload = unseal(data, key)
-        bundle = _parse(hashlib.sha256(data).hexdigest(), payload)
-        _remember_verified(data, key, bundle)
+    bundle = _verified_under_one(data, public_key)
     if now >= bundle.expires:
         raise BundleExpiredError(
             f"bundle: expired: version {bundle.version} expired at {bundle.expires:.0f}, "
@@ -287,12 +285,32 @@ def open_bundle(
     return bundle
 
 
+def _verified_under_one(
+    data: bytes, public_key: PublicKeyLike | Sequence[PublicKeyLike]
+) -> Bundle:
+    """The bundle of ``data``, verified under the first of the keys it verifies with."""
+    keys = public_key if isinstance(public_key, (list, tuple)) else [public_key]
+    first: BundleSignatureError | None = None
+    for key in map(load_public_key, keys):
+        bundle = _verified(data, key)
+        if bundle is not None:
+            return bundle
+        try:
+            payload = unseal(data, key)
+        except BundleSignatureError as e:
+            first = first or e
+            continue
+        bundle = _parse(hashlib.sha256(data).hexdigest(), payload)
+        _remember_verified(data, key, bundle)
+        return bundle
+    raise first or BundleSignatureError("bundle: bad signature: no trusted key is left")
+
+
 _PARSED: OrderedDict[str, Bundle] = OrderedDict()
 _PARSED_MAX = 8
 
 #: (raw public key, exact bytes, bundle) for the last few bundles that verified.
 _VERIFIED: list[tuple[bytes, bytes, Bundle]] = []
-
 
 
 def _verified(data: bytes, key: Ed25519PublicKey) -> Bundle | None:
