@@ -26,6 +26,7 @@ from localrank.errors import (
     BundleSignatureError,
     InputError,
 )
+from localrank.ldp import choose_oracle
 from localrank.segments import SegmentTable, build_segments
 from localrank.taxonomy import Taxonomy
 
@@ -150,6 +151,14 @@ class Bundle:
 
     def prior_of(self, segment: int) -> np.ndarray:
         return self.priors[segment]
+
+    @property
+    def oracle(self) -> str:
+        """The LDP oracle devices use for segments: the config's, or for ``auto`` the one
+        :func:`localrank.ldp.choose_oracle` picks for this bundle's segment domain."""
+        if self.config.oracle != "auto":
+            return self.config.oracle
+        return choose_oracle(self.segments.d_seg, self.config.epsilon).value
 
 
 # ---------------------------------------------------------------------------------------------

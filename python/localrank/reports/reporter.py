@@ -115,16 +115,10 @@ class Reporter:
 
     # -- making reports ---------------------------------------------------------------------
 
-    def _oracle(self, b: Bundle) -> str:
-        c = b.config
-        if c.oracle != "auto":
-            return c.oracle
-        return ldp.choose_oracle(b.segments.d_seg, c.epsilon).value
-
     def _randomised(self, db: Any, b: Bundle, value: int, now: float) -> int | str:
         """Permanent response (memoised per value and configuration) + instantaneous one."""
         c = b.config
-        oracle = self._oracle(b)
+        oracle = b.oracle
         d = b.segments.d_seg
         domain = f"segment:{oracle}:{d}:{c.epsilon_perm!r}"
         row = db.execute(
@@ -164,7 +158,7 @@ class Reporter:
         epoch = epoch_of(now)
         stopped: list[str] = []
         finest, active = self._segments(now)
-        oracle = self._oracle(b)
+        oracle = b.oracle
         with self._store.transaction() as db:
             last = db.execute("SELECT MAX(queued_at) FROM outbox WHERE kind = 'census'").fetchone()[
                 0

@@ -40,7 +40,7 @@ from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import PublicKeyLike
 from localrank.clock import SECONDS_PER_DAY
 from localrank.errors import InputError
-from localrank.ldp import choose_oracle, decode_bits
+from localrank.ldp import decode_bits
 from localrank.reports.wire import BATCH_SCHEMA, REPORT_SCHEMA, batch_is_valid, validate_batch
 from localrank.server.storage import BundleRow, ReportRow
 from localrank.server.strict_body import IngestError, short_repr, strict_json
@@ -87,8 +87,7 @@ def published_configs(bundle: Bundle) -> tuple[PublishedConfig, ...]:
     resolved exactly as the device resolves it), and engagement in the bundle's mode."""
     c = bundle.config
     d = bundle.segments.d_seg
-    oracle = c.oracle if c.oracle != "auto" else choose_oracle(d, c.epsilon).value
-    ldp = {"mode": "ldp", "oracle": oracle, "epsilon": float(c.epsilon),
+    ldp = {"mode": "ldp", "oracle": bundle.oracle, "epsilon": float(c.epsilon),
            "epsilon_perm": float(c.epsilon_perm)}  # fmt: skip
     common = {"d_seg": d, "version": bundle.version, "expires": bundle.expires}
     census = PublishedConfig(kind="census", **ldp, **common)  # type: ignore[arg-type]
