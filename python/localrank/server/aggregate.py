@@ -169,8 +169,8 @@ class Aggregator:
         servers stored whatever a report declared; those rows are skipped, never fatal."""
         return {(p.kind, p.key) for p in self._history.configs(self.storage.bundles())}
 
-    def _only_published(self, rows: list[_Row], what: str) -> list[_Row]:
-        accepted = self._published_configs()
+    @staticmethod
+    def _only_published(rows: list[_Row], accepted: set[tuple[str, str]], what: str) -> list[_Row]:
         keep = [r for r in rows if (r.kind, r.config) in accepted]
         for kind, config in sorted({(r.kind, r.config) for r in rows} - accepted):
             LOG.warning("%s: %s rows of configuration %r skipped: no stored bundle published it",
@@ -197,11 +197,15 @@ class Aggregator:
             (bundle.segments.populations >= cfg.min_population)
             | (np.arange(len(bundle.segments)) == 0)
         )
+        # The stored bundles are read once per run: folding and publishing read the same set.
+        accepted = self._published_configs()
         folded: list[int] = []
         for epoch in self.storage.raw_epochs():
             if epoch >= closed:
                 continue
-            rows = self._only_published(self.storage.raw_reports(epoch), f"fold {epoch}")
+            rows = self._only_published(
+                self.storage.raw_reports(epoch), accepted, f"fold {epoch}"
+            )
             sums = fold_reports(
                 rows,
                 epoch=epoch,
@@ -218,7 +222,7 @@ class Aggregator:
         result = AggregationResult(folded)
         half_life = (bundle.expires - bundle.created) / 2
         if folded or force_publish or t >= bundle.created + half_life:
-            result = self._publish(bundle, t, closed, result)
+            result = self._publish(bundle, t, closed, result, accepted)
         current = epoch_of(t)
         census_window = s.census_window or cfg.census_interval_days
         purged = self.storage.purge(
@@ -231,7 +235,12 @@ class Aggregator:
         return replace(result, purged_reports=purged[0], purged_nonces=purged[1])
 
     def _publish(
-        self, bundle: Bundle, t: float, closed: int, result: AggregationResult
+        self,
+        bundle: Bundle,
+        t: float,
+        closed: int,
+        result: AggregationResult,
+        accepted: set[tuple[str, str]],
     ) -> AggregationResult:
         s = self.settings
         cfg = bundle.config
@@ -239,7 +248,7 @@ class Aggregator:
         census_window = s.census_window or cfg.census_interval_days
         first_census = last - census_window + 1
         rows = self.storage.sums(min(last - s.window_epochs, first_census - 1) + 1, last)
-        decoded = self._decode(self._only_published(rows, "publish"))
+        decoded = self._decode(self._only_published(rows, accepted, "publish"))
         first_eng = last - s.window_epochs + 1
         eng_sums = [
             e for r, e in decoded if isinstance(e, EngagementSums) and r.epoch >= first_eng
