@@ -30,6 +30,12 @@ def _lexists(path: Path) -> bool:
     return True
 
 
+def _exists(arg: str, path: Path) -> InputError:
+    return InputError(
+        f"{arg}: {path} already exists; refusing to overwrite it (use --force to replace it)"
+    )
+
+
 def _write_new(path: Path, data: bytes, mode: int, *, force: bool, arg: str) -> None:
     """Write ``data`` to ``path`` with exactly ``mode``, never through a symlink.
 
@@ -45,9 +51,7 @@ def _write_new(path: Path, data: bytes, mode: int, *, force: bool, arg: str) -> 
     try:
         fd = os.open(target, flags, mode)
     except FileExistsError:
-        raise InputError(
-            f"{arg}: {path} already exists; refusing to overwrite it (use --force to replace it)"
-        ) from None
+        raise _exists(arg, path) from None
     except OSError as e:
         raise InputError(f"{arg}: cannot create {path}: {e}") from e
     try:
@@ -76,10 +80,7 @@ def generate_keypair(
         # Checked for both before writing either, so a refusal leaves nothing half-written.
         for arg, path in (("private_path", private_path), ("public_path", public_path)):
             if _lexists(path):
-                raise InputError(
-                    f"{arg}: {path} already exists; refusing to overwrite it "
-                    "(use --force to replace it)"
-                )
+                raise _exists(arg, path)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
