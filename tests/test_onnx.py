@@ -587,6 +587,24 @@ def gaussian_bundle(key: Path, n: int, d: int, seed: int) -> Bundle:
     return open_bundle(data, key.with_suffix(".pub"), now=1.0)
 
 
+def neutral_request(n: int) -> dict[str, np.ndarray]:
+    """Every input but ``u`` for a plain request over ``n`` demo-taxonomy offers: level full,
+    no prior, fatigue or location, so the ranking is the dot product alone."""
+    C = len(DEMO_TAXONOMY)
+    return {
+        "prior": np.zeros(C, np.float32),
+        "level": np.array(2, np.int64),
+        "context_id": np.array(0, np.int64),
+        "now": np.array(1.0),
+        "opt_in": np.zeros(C, bool),
+        "fatigue": np.zeros(n, np.float32),
+        "offer_cap": np.array(3, np.int64),
+        "location_allowed": np.array(False),
+        "location_granted": np.array(False),
+        "location": np.zeros(2, np.float32),
+    }
+
+
 def test_int8_recall_at_10_against_f32_is_at_least_099(signing_key: Path) -> None:
     """As the kernel's int8 test: Gaussian catalogs (n = 1000, d = 64; bias, prior and adjust
     zero), 5 catalogs × 1000 Gaussian users, recall@10 of the int8 model against the exact f32
@@ -601,18 +619,7 @@ def test_int8_recall_at_10_against_f32_is_at_least_099(signing_key: Path) -> Non
         q, scale = localrank.quantize_int8(E)
         zeros, cat = np.zeros(n, np.float32), np.zeros(n, np.int32)
         prior, elig = np.zeros(len(DEMO_TAXONOMY), np.float32), np.ones(n, bool)
-        base = {
-            "prior": prior,
-            "level": np.array(2, np.int64),
-            "context_id": np.array(0, np.int64),
-            "now": np.array(1.0),
-            "opt_in": np.zeros(len(DEMO_TAXONOMY), bool),
-            "fatigue": zeros,
-            "offer_cap": np.array(3, np.int64),
-            "location_allowed": np.array(False),
-            "location_granted": np.array(False),
-            "location": np.zeros(2, np.float32),
-        }
+        base = neutral_request(n)
         rng = np.random.default_rng(20 + c)
         for _ in range(users):
             u = rng.standard_normal(d).astype(np.float32)
@@ -677,22 +684,8 @@ def test_int8_model_cannot_saturate_an_int16_pair_sum(source: str, signing_key: 
     probe.graph.output.append(limbs_out)
     sess = session(probe)
     n_inputs = {i.name: i for i in sess.get_inputs()}
-    d = int(weights.shape[0])
-    C = len(DEMO_TAXONOMY)
-    n = int(weights.shape[1])
-    base = {
-        "prior": np.zeros(C, np.float32),
-        "level": np.array(2, np.int64),
-        "context_id": np.array(0, np.int64),
-        "now": np.array(1.0),
-        "opt_in": np.zeros(C, bool),
-        "fatigue": np.zeros(n, np.float32),
-        "offer_cap": np.array(3, np.int64),
-        "location_allowed": np.array(False),
-        "location_granted": np.array(False),
-        "location": np.zeros(2, np.float32),
-    }
-    base = {k: v for k, v in base.items() if k in n_inputs}
+    d, n = int(weights.shape[0]), int(weights.shape[1])
+    base = {k: v for k, v in neutral_request(n).items() if k in n_inputs}
     rng = np.random.default_rng(7)
     probes = [rng.standard_normal(d).astype(np.float32) for _ in range(200)]
     one_hot = np.zeros(d, np.float32)
