@@ -56,14 +56,14 @@ lock: $(TOOLS)
 build: $(STAMP)
 
 demo: build
-	$(BIN)/localrank demo
+	$(PY) -m tools.demo
 
 test: build test-rust test-python lint
 
 # Regenerate models/ deterministically (two runs give byte-identical files): the demo taxonomy,
 # catalog and signed bundle, then the ONNX scorer exported from that bundle (f32 and int8).
 models: build
-	$(BIN)/localrank models --dir models
+	$(PY) -m tools.models --dir models
 	$(BIN)/localrank export-onnx --bundle models/demo.bundle --public-key models/demo-key.pub.pem \
 		-o models/localrank-scorer.onnx
 	$(BIN)/localrank export-onnx --bundle models/demo.bundle --public-key models/demo-key.pub.pem \
@@ -79,7 +79,8 @@ test-python: build postgres
 lint: build
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff check python tests benches tools
+	$(BIN)/lint-imports
 	$(PY) -m mypy.stubtest localrank._core
 
 bench: build
@@ -157,7 +158,7 @@ stats: build
 # `make eval-quick` runs the small grid (~45 s). make test runs a 40-user version.
 .PHONY: eval eval-quick
 eval: build
-	$(BIN)/localrank evaluate --out eval-results
+	$(PY) -m tools.evaluation --out eval-results
 
 eval-quick: build
-	$(BIN)/localrank evaluate --quick --out eval-results-quick
+	$(PY) -m tools.evaluation --quick --out eval-results-quick

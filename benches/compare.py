@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from benches.machine import describe
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
@@ -70,7 +71,6 @@ from threadpoolctl import threadpool_info
 
 import localrank
 from localrank import _core
-from localrank.machine import describe
 
 D, K, C = 64, 10, 32
 W_DOT, W_PRIOR = 1.0, 0.5

@@ -4,8 +4,8 @@
 
 For each catalog size n it builds a signed bundle of ``demo_offers(n)`` (local, sensitive,
 time-limited and context-limited offers, content embeddings in dimension d), exports the
-model with :func:`localrank.onnx_export.build_model` (f32 and int8) and times, with one thread
-everywhere, one realistic request (level ``full``, the shopping context, location granted in
+model with :func:`localrank.device.onnx_export.build_model` (f32 and int8) and times, with one
+thread everywhere, one realistic request (level ``full``, the shopping context, location granted in
 London, one sensitive opt-in, some fatigue):
 
 - ``ort``            onnxruntime running the exported f32 model: mask, adjust, score, top-k
@@ -45,23 +45,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from benches.machine import describe
 from rich.console import Console
 from rich.table import Table
-
-import localrank
-from localrank import onnx_export as ox
-from localrank.bundle import Bundle, BundleConfig, build_bundle, generate_keypair, open_bundle
-from localrank.catalog import Catalog
-from localrank.demo_catalog import (
+from tools.demo_catalog import (
     DEMO_CONTEXTS,
     DEMO_CREATED,
     DEMO_REGIONS,
     DEMO_TAXONOMY,
     demo_offers,
 )
-from localrank.engine import ScoringInputs
-from localrank.guardrails import Guardrails, OfferGeometry, adjust_term, eligibility
-from localrank.machine import describe
+
+import localrank
+from localrank.bundle import Bundle, BundleConfig, build_bundle, generate_keypair, open_bundle
+from localrank.device import onnx_export as ox
+from localrank.device.engine import ScoringInputs
+from localrank.device.guardrails import Guardrails, OfferGeometry, adjust_term, eligibility
+from localrank.shared.catalog import Catalog
 
 K = 10
 NOW = DEMO_CREATED + 10 * 86400 + 12 * 3600

@@ -18,16 +18,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benches.machine import describe
 from rich.console import Console
+from tools.demo_catalog import DEMO_CONTEXTS, DEMO_TAXONOMY, demo_offers
 
 import localrank
 from localrank.bundle import BundleConfig, build_bundle, generate_keypair
-from localrank.catalog import Catalog
-from localrank.clock import FixedClock
-from localrank.demo_catalog import DEMO_CONTEXTS, DEMO_TAXONOMY, demo_offers
-from localrank.engine import Engine
-from localrank.geo import region_of
-from localrank.machine import describe
+from localrank.device.engine import Engine
+from localrank.shared.catalog import Catalog
+from localrank.shared.clock import FixedClock
+from localrank.shared.geo import region_of
 
 T0 = 1_790_000_000.0
 

@@ -58,10 +58,10 @@ def _pool(n: int) -> list[dict[str, Any]]:
     """``n`` report templates: a quarter census, the rest engagement, real chained OUE."""
     import numpy as np
 
-    from localrank import ldp
     from localrank.bundle import open_bundle
-    from localrank.clock import epoch_of
-    from localrank.reports.wire import census, engagement
+    from localrank.privacy import oracles as ldp
+    from localrank.shared.clock import epoch_of
+    from localrank.wire.reports import census, engagement
 
     b = open_bundle(BASE.read_bytes(), PUB, now=time.time())
     c = b.config

@@ -34,11 +34,11 @@ from typing import NoReturn
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
+from tools.movielens import MovieLens100K, fetch_movielens_100k, load_movielens_100k
 
 import localrank
 from engine_fixtures import Keys
 from localrank.errors import DataUnavailableError
-from localrank.movielens import MovieLens100K, fetch_movielens_100k, load_movielens_100k
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_URL_ENV = "LOCALRANK_TEST_PG_URL"

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tools.demo_catalog import DEMO_CONTEXTS
 
 from localrank.bundle import BundleConfig, build_bundle, generate_keypair
-from localrank.catalog import Catalog, Offer
-from localrank.clock import FixedClock
-from localrank.demo_catalog import DEMO_CONTEXTS
-from localrank.engine import Engine, Recommendation, Tuning
-from localrank.geo import region_of
-from localrank.segments import build_segments
-from localrank.taxonomy import Category, Taxonomy
+from localrank.device.engine import Engine, Recommendation, Tuning
+from localrank.shared.catalog import Catalog, Offer
+from localrank.shared.clock import FixedClock
+from localrank.shared.geo import region_of
+from localrank.shared.segments import build_segments
+from localrank.shared.taxonomy import Category, Taxonomy
 
 DAY = 86400.0
 HOUR = 3600.0

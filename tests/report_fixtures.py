@@ -7,17 +7,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from localrank.bundle import BundleConfig, build_bundle, generate_keypair
-from localrank.catalog import Catalog
-from localrank.clock import FixedClock
-from localrank.demo_catalog import (
+from tools.demo_catalog import (
     DEMO_CREATED,
     DEMO_EXPIRES,
     DEMO_TAXONOMY,
     demo_config,
     demo_offers,
 )
-from localrank.engine import Engine
+
+from localrank.bundle import BundleConfig, build_bundle, generate_keypair
+from localrank.device.engine import Engine
+from localrank.shared.catalog import Catalog
+from localrank.shared.clock import FixedClock
 
 T0 = 1_790_000_000.0  # a Tuesday, 2026-09-21 ~14:13 UTC
 

@@ -22,14 +22,14 @@ import httpx
 import numpy as np
 import pytest
 
-from localrank import ldp
 from localrank.bundle import open_bundle
-from localrank.clock import FixedClock, epoch_of
-from localrank.reports.wire import census, engagement
+from localrank.privacy import oracles
 from localrank.server.app import ServerState, create_app
+from localrank.server.background import BackgroundServer
 from localrank.server.config import ServerConfig
-from localrank.server.embedded import EmbeddedServer
 from localrank.server.storage import Storage, open_storage
+from localrank.shared.clock import FixedClock, epoch_of
+from localrank.wire.reports import census, engagement
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = REPO / "models" / "demo-key.pem"
@@ -54,7 +54,7 @@ def free_port() -> int:
         return port
 
 
-class LiveServer(EmbeddedServer):
+class LiveServer(BackgroundServer):
     """A real uvicorn server in a thread, on a loopback port of its own."""
 
     @property
@@ -75,10 +75,11 @@ def base_bundle(path: Path, *, signing_key: Path = KEY, **config: Any) -> Path:
     key), written to ``path``."""
     from dataclasses import replace
 
+    from tools.demo_catalog import DEMO_CREATED, DEMO_EXPIRES, DEMO_TAXONOMY, demo_offers
+    from tools.demo_catalog import demo_config as demo_cfg
+
     from localrank.bundle import build_bundle
-    from localrank.catalog import Catalog
-    from localrank.demo_catalog import DEMO_CREATED, DEMO_EXPIRES, DEMO_TAXONOMY, demo_offers
-    from localrank.demo_catalog import demo_config as demo_cfg
+    from localrank.shared.catalog import Catalog
 
     cfg = replace(demo_cfg(), **config)
     catalog = Catalog.from_offers(demo_offers(), DEMO_TAXONOMY, cfg.contexts, d=cfg.d)
@@ -182,11 +183,12 @@ def device_reports(
     b = bundle or demo_bundle()
     c = b.config
     d = b.segments.d_seg
-    r = ldp.Randomizer.for_domain(d, c.epsilon, c.epsilon_perm)
+    r = oracles.Randomizer.for_domain(d, c.epsilon, c.epsilon_perm)
     wire = r.instantaneous(r.permanent(finest))
     out = []
     for i in range(len(finest)):
-        value: int | str = ldp.encode_bits(wire[i]) if r.oracle is ldp.Oracle.OUE else int(wire[i])
+        ou = r.oracle is oracles.Oracle.OUE
+        value: int | str = oracles.encode_bits(wire[i]) if ou else int(wire[i])
         if offers is None:
             out.append(
                 census(
@@ -207,7 +209,7 @@ def device_reports(
 
 def post_all(url: str, reports: list[dict[str, Any]], size: int = 256) -> int:
     """POST reports in batches; returns how many the server newly stored."""
-    from localrank.reports.wire import batch_body
+    from localrank.wire.reports import batch_body
 
     stored = 0
     with httpx.Client(timeout=30) as client:

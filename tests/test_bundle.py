@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tools.demo_catalog import write_models
 
 from engine_fixtures import (
     ALL,
@@ -33,9 +34,7 @@ from engine_fixtures import (
 from localrank.bundle import build_bundle, open_bundle
 from localrank.bundle.container import _HEADER, seal
 from localrank.bundle.keys import load_private_key
-from localrank.clock import FixedClock
-from localrank.demo_catalog import write_models
-from localrank.engine import Engine
+from localrank.device.engine import Engine
 from localrank.errors import (
     BundleError,
     BundleExpiredError,
@@ -47,7 +46,8 @@ from localrank.errors import (
     BundleUnsignedError,
     InputError,
 )
-from localrank.taxonomy import Category, Taxonomy
+from localrank.shared.clock import FixedClock
+from localrank.shared.taxonomy import Category, Taxonomy
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -41,8 +41,6 @@ CASES = {
         ["serve", "--db", "postgresql://postgres@127.0.0.1:1/none", "--key", "K"],
         "server",
     ),
-    "demo": ("uvicorn", ["demo"], "server"),
-    "evaluate": ("scipy", ["evaluate", "--quick", "--out", "out"], "eval"),
     "export-onnx": ("onnx", ["export-onnx", "--bundle", "B", "-o", "m.onnx"], "onnx"),
 }
 

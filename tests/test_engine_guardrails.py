@@ -29,10 +29,10 @@ from engine_fixtures import (
     published_priors,
     same_ranking,
 )
-from localrank.engine import Engine, Recommendation, Tuning
+from localrank.device.engine import Engine, Recommendation, Tuning
+from localrank.device.explanations import REASON_KINDS
+from localrank.device.profile import ProfileRules
 from localrank.errors import InputError
-from localrank.explain import REASON_KINDS
-from localrank.profile import ProfileRules
 
 LOCAL = {"o-local-cafe", "o-local-paris"}
 SENSITIVE = {"o-health-1", "o-health-2", "o-pharmacy-1", "o-gambling-1"}

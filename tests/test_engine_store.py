@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from engine_fixtures import ALL, DAY, HOUR, LONDON, T0, Keys, ids, offers, open_engine
-from localrank.clock import FixedClock
-from localrank.engine import Engine
+from localrank.device.engine import Engine
+from localrank.device.store import MIGRATIONS, SCHEMA_VERSION
 from localrank.errors import InputError, StoreError
-from localrank.geo import region_of
-from localrank.store import MIGRATIONS, SCHEMA_VERSION
+from localrank.shared.clock import FixedClock
+from localrank.shared.geo import region_of
 
 CATEGORIES = {o.id: set(o.categories) for o in offers()}
 
@@ -178,8 +178,8 @@ def test_forget_in_one_process_reaches_another(tmp_path: Path, keys, plain):
 WRITER = r"""
 import sys, time
 from pathlib import Path
-from localrank.clock import FixedClock
-from localrank.engine import Engine
+from localrank.shared.clock import FixedClock
+from localrank.device.engine import Engine
 
 db, pub, context, n, pause, go = sys.argv[1:7]
 n, pause = int(n), float(pause)
@@ -648,7 +648,7 @@ def test_the_profile_picks_up_events_recorded_after_a_recommend(tmp_path: Path, 
 
 
 def test_events_expire_after_the_retention(tmp_path: Path, keys, plain):
-    from localrank.engine import RETENTION_S
+    from localrank.device.engine import RETENTION_S
 
     engine, clock = open_engine(tmp_path / "device.db", keys, plain)
     old = engine.record("click", context="shopping", offer="o-books-0", now=T0 - 2 * HOUR)

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from localrank import ldp
 from localrank.errors import InputError
-from localrank.estimators import (
+from localrank.privacy import oracles
+from localrank.server.debias import (
     Estimate,
     count_variance,
     discrete_laplace_half_width,
@@ -60,7 +60,7 @@ def grr_covariance(c: npt.NDArray[np.int64], n: int, p: float, q: float) -> npt.
     return cov
 
 
-def check_estimator_statistics(oracle: ldp.Oracle, epsilon_perm: float | None) -> None:
+def check_estimator_statistics(oracle: oracles.Oracle, epsilon_perm: float | None) -> None:
     """Estimate R times from fresh reports of the same N devices; pool the standardised errors.
 
     For run r and item j, z_rj = (ĉ_rj − c_j)/σ_j with σ_j² = count_variance(c_j, N, p, q), the
@@ -91,17 +91,17 @@ def check_estimator_statistics(oracle: ldp.Oracle, epsilon_perm: float | None) -
     """
     c = zipf_counts(N, D)
     values = np.repeat(np.arange(D), c)
-    p, q = ldp.effective_probabilities(oracle, D, EPS, epsilon_perm)
+    p, q = oracles.effective_probabilities(oracle, D, EPS, epsilon_perm)
     sigma = np.sqrt(count_variance(c, N, p, q))
     z = np.empty((R, D))
     covered = 0
     plug_in = 0.0
     for r in range(R):
         if epsilon_perm is None:
-            reports = ldp.perturb(oracle, values, D, EPS)
+            reports = oracles.perturb(oracle, values, D, EPS)
         else:
-            memo = ldp.permanent_response(oracle, values, D, epsilon_perm)
-            reports = ldp.instantaneous_response(oracle, memo, D, EPS)
+            memo = oracles.permanent_response(oracle, values, D, epsilon_perm)
+            reports = oracles.instantaneous_response(oracle, memo, D, EPS)
         est = estimate(oracle, reports, D, EPS, epsilon_perm)
         assert (est.p, est.q) == (p, q)
         z[r] = (est.counts - c) / sigma
@@ -110,7 +110,7 @@ def check_estimator_statistics(oracle: ldp.Oracle, epsilon_perm: float | None) -
         plug_in += float(np.mean(est.variance / sigma**2))
 
     ratio = float(np.mean(z**2))
-    if oracle is ldp.Oracle.GRR:
+    if oracle is oracles.Oracle.GRR:
         cov = grr_covariance(c, N, p, q)
         ones_c_ones = float((cov / np.outer(sigma, sigma)).sum())
     else:
@@ -131,8 +131,8 @@ def check_estimator_statistics(oracle: ldp.Oracle, epsilon_perm: float | None) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("oracle", [ldp.Oracle.GRR, ldp.Oracle.OUE])
-def test_estimator_statistics_single_stage(oracle: ldp.Oracle) -> None:
+@pytest.mark.parametrize("oracle", [oracles.Oracle.GRR, oracles.Oracle.OUE])
+def test_estimator_statistics_single_stage(oracle: oracles.Oracle) -> None:
     """n = 100k, d = 256, ε = 2, R = 16 (see `check_estimator_statistics` for R and the rates).
     GRR is forced here although OUE is the variance-optimal choice at this (d, ε); σ is ~806
     for GRR and ~269 for OUE."""
@@ -141,8 +141,8 @@ def test_estimator_statistics_single_stage(oracle: ldp.Oracle) -> None:
 
 @pytest.mark.slow
 @stats_only
-@pytest.mark.parametrize("oracle", [ldp.Oracle.GRR, ldp.Oracle.OUE])
-def test_estimator_statistics_chained(oracle: ldp.Oracle) -> None:
+@pytest.mark.parametrize("oracle", [oracles.Oracle.GRR, oracles.Oracle.OUE])
+def test_estimator_statistics_chained(oracle: oracles.Oracle) -> None:
     """As the single-stage test, for chained reports (ε_perm = 4, then ε = 2) debiased with the
     chain's (p*, q*). Under `make stats` only, so that `make test`'s statistical tests together
     stay below a 1e-3 false-failure rate (each |Z| ≤ 3.5 check alone costs 4.65e-4)."""
@@ -155,7 +155,7 @@ def test_grr_estimates_sum_to_n(epsilon_perm: float | None) -> None:
     Only float rounding may differ: ~d·n·ε_machine relative."""
     rng = np.random.default_rng()
     values = rng.integers(0, D, size=N)
-    reports = ldp.perturb("grr", values, D, EPS)
+    reports = oracles.perturb("grr", values, D, EPS)
     est = estimate("grr", reports, D, EPS, epsilon_perm)
     assert math.isclose(float(est.counts.sum()), N, rel_tol=1e-12)
     assert math.isclose(float(np.sum(est.consistent())), N, rel_tol=1e-12)
@@ -164,7 +164,7 @@ def test_grr_estimates_sum_to_n(epsilon_perm: float | None) -> None:
 def test_consistent_view_is_non_negative_and_sums_to_n() -> None:
     c = zipf_counts(20_000, 64)
     values = np.repeat(np.arange(64), c)
-    reports = ldp.perturb("oue", values, 64, 1.0)
+    reports = oracles.perturb("oue", values, 64, 1.0)
     est = estimate("oue", reports, 64, 1.0)
     view = est.consistent()
     assert view.min() >= 0.0
@@ -191,7 +191,7 @@ def test_support_counts_oue_matches_unpacking() -> None:
     rng = np.random.default_rng()
     for d in (2, 7, 8, 13, 256, 300):
         bits = rng.random((500, d)) < 0.3
-        packed = ldp.pack_bits(bits)
+        packed = oracles.pack_bits(bits)
         np.testing.assert_array_equal(support_counts("oue", packed, d), bits.sum(axis=0))
 
 
@@ -210,9 +210,9 @@ def test_estimate_matches_a_per_report_reference(
 ) -> None:
     """ĉ and its variance against a loop over reports and the per-report Bernoulli variances."""
     oracle = data.draw(st.sampled_from(["grr", "oue"]))
-    p, q = ldp.probabilities(oracle, d, epsilon)
+    p, q = oracles.probabilities(oracle, d, epsilon)
     values = data.draw(st.lists(st.integers(0, d - 1), min_size=n, max_size=n))
-    reports = ldp.perturb(oracle, values, d, epsilon)
+    reports = oracles.perturb(oracle, values, d, epsilon)
     est = estimate(oracle, reports, d, epsilon)
     support = np.zeros(d)
     for report in reports:

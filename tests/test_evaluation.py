@@ -1,4 +1,4 @@
-"""``localrank evaluate`` (docs/evaluation.md): the split, the metrics, and a small run of the
+"""``make eval`` (docs/evaluation.md): the split, the metrics, and a small run of the
 whole evaluation through the real code paths on the real MovieLens-100K.
 
 The full grid is ``make eval``; here one cell runs on 40 users with a short cap, which is
@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from localrank.evaluation.ceilings import popularity_rankings, segment_popularity_rankings
-from localrank.evaluation.grid import DEFAULT_GRID, QUICK_GRID, Cell
-from localrank.evaluation.metrics import quality
-from localrank.evaluation.run import EvaluationSettings, evaluate
-from localrank.evaluation.split import temporal_split
-from localrank.movielens import MovieLens100K
+from tools.evaluation.ceilings import popularity_rankings, segment_popularity_rankings
+from tools.evaluation.grid import DEFAULT_GRID, QUICK_GRID, Cell
+from tools.evaluation.metrics import quality
+from tools.evaluation.run import EvaluationSettings, evaluate
+from tools.evaluation.split import temporal_split
+from tools.movielens import MovieLens100K
 
 # --- the split ---------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from localrank.bundle.trust import (
     sign_retirement,
     sign_transition,
 )
-from localrank.engine import Engine
+from localrank.device.engine import Engine
 from localrank.errors import BundleSignatureError, InputError, LocalrankError
 
 REPO = Path(__file__).resolve().parent.parent

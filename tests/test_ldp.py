@@ -18,8 +18,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from localrank import _core, ldp
+from localrank import _core
 from localrank.errors import InputError
+from localrank.privacy import oracles as ldp
 
 DOMAINS = [2, 3, 24, 25, 256, 10**6, 2**32]
 EPSILONS = [0.01, 0.5, 1.0, 2.0, 4.0, 10.0, 30.0, 50.0]

@@ -1,4 +1,4 @@
-"""localrank.machine: the machine description written into benchmark results."""
+"""benches.machine: the machine description written into benchmark results."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import platform
 from pathlib import Path
 
 import pytest
+from benches.machine import SIMD_FEATURES, describe, parse_cpuinfo
 
 import localrank
-from localrank.machine import SIMD_FEATURES, describe, parse_cpuinfo
 
 # Trimmed from real machines: one processor block each, unless said otherwise.
 PI5 = """\

@@ -1,4 +1,4 @@
-"""localrank.movielens on the real MovieLens-100K (docs/data.md).
+"""tools.movielens on the real MovieLens-100K (docs/data.md).
 
 The data is fetched once per session into the user's cache (``$LOCALRANK_DATA_DIR``, else the XDG
 cache); later sessions read it from there. These tests never fall back to other data: when the
@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from localrank.errors import DataUnavailableError, InputError, LocalrankError
-from localrank.movielens import (
+from tools.movielens import (
     GENRES,
     RECBOLE_FILES,
     RECBOLE_SHA256,
@@ -33,6 +31,8 @@ from localrank.movielens import (
     load_movielens_100k,
     load_recbole,
 )
+
+from localrank.errors import DataUnavailableError, InputError, LocalrankError
 
 UNREACHABLE_INDEX = "http://127.0.0.1:9/simple/"
 
@@ -424,7 +424,7 @@ def test_fetched_wheel_that_fails_the_checksum_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stands in for a tampered or different wheel: the pin no longer matches what pip gets."""
-    import localrank.movielens as movielens
+    import tools.movielens as movielens
 
     monkeypatch.setitem(movielens.RECBOLE_SHA256, "ml-100k.item", "0" * 64)
     target = tmp_path / "cache"

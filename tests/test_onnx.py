@@ -1,9 +1,9 @@
 """The exported ONNX scorer against the Rust core and the engine's guardrails.
 
 The reference is what the engine computes (:meth:`Engine.scoring_inputs`, whose mask and
-``adjust`` come from :mod:`localrank.guardrails`, the contract) and what the Rust kernel ranks
-from it. The model gets the *raw* request (level, context id, opt-ins, fatigue, location flags)
-and must compute the identical mask and ``adjust`` itself, then rank "the same" (docs/design.md):
+``adjust`` come from :mod:`localrank.device.guardrails`, the contract) and what the Rust
+kernel ranks from it. The model gets the *raw* request (level, context id, opt-ins, fatigue,
+location flags) and must compute the identical mask and ``adjust`` itself, then rank "the same" (docs/design.md):
 the same indices in the same order, except where two scores differ by less than
 1e-5·max(1, |s|).
 """
@@ -20,18 +20,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from tools.demo_catalog import DEMO_CONTEXTS, DEMO_CREATED, DEMO_REGIONS, DEMO_TAXONOMY
 
 import localrank
-from localrank import onnx_export as ox
 from localrank.bundle import Bundle, BundleConfig, build_bundle, generate_keypair, open_bundle
-from localrank.catalog import Catalog, Offer
 from localrank.cli import main as cli_main
-from localrank.clock import FixedClock
-from localrank.demo_catalog import DEMO_CONTEXTS, DEMO_CREATED, DEMO_REGIONS, DEMO_TAXONOMY
-from localrank.engine import Engine, ScoringInputs, Tuning
-from localrank.guardrails import Guardrails, OfferGeometry, adjust_term, eligibility
-from localrank.policy import Policy
-from localrank.segments import build_segments
+from localrank.device import onnx_export as ox
+from localrank.device.engine import Engine, ScoringInputs, Tuning
+from localrank.device.guardrails import Guardrails, OfferGeometry, adjust_term, eligibility
+from localrank.shared.catalog import Catalog, Offer
+from localrank.shared.clock import FixedClock
+from localrank.shared.policy import Policy
+from localrank.shared.segments import build_segments
 from numpy_reference import reference_scores, tolerance
 
 ROOT = Path(__file__).resolve().parent.parent

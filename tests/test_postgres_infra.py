@@ -59,7 +59,9 @@ def _run_inner_pytest(
     for key in remove_env:
         env.pop(key, None)
     env.update(env_updates)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
+    # tests/ for conftest.py and the repository root for the tools it imports.
+    roots = (str(TESTS_DIR), str(TESTS_DIR.parent), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in roots if p)
     return subprocess.run(
         [
             sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider",

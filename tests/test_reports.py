@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from localrank.clock import epoch_of
-from localrank.reports import validate_batch, validate_report
-from localrank.reports.wire import EVENT_ON_WIRE, schema_document
+from localrank.device.reports import validate_batch, validate_report
+from localrank.shared.clock import epoch_of
+from localrank.wire.reports import EVENT_ON_WIRE, schema_document
 from report_fixtures import T0, open_engine, plain_offers, sensitive_offers
 
 DAY = 86400.0

@@ -2,7 +2,7 @@
 
 Every float that reaches the demo bundle or the exported models is computed without BLAS or
 LAPACK, in float64 element by element with correctly rounded sums, and rounded once at the end
-(``localrank.catalog.content_embeddings``); the int8 scales come from the Rust core's scalar
+(``localrank.shared.catalog.content_embeddings``); the int8 scales come from the Rust core's scalar
 code. This test rebuilds the models in subprocesses under forced numpy and OpenBLAS code paths
 and under the scalar kernel, and compares each file's digest with the committed one, so a
 machine with AVX-512 also proves what an AVX2-only or SSE machine would produce.
@@ -27,9 +27,9 @@ ARTIFACTS = ("demo.bundle", "catalog.json", "localrank-scorer.onnx", "localrank-
 REBUILD = """
 import sys
 from pathlib import Path
-from localrank import onnx_export
+from localrank.device import onnx_export
 from localrank.bundle import open_bundle
-from localrank.demo_catalog import DEMO_CREATED, write_models
+from tools.demo_catalog import DEMO_CREATED, write_models
 
 out = Path(sys.argv[1])
 paths = write_models(out)

@@ -19,9 +19,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from localrank.clock import FixedClock, epoch_of
-from localrank.reports.wire import batch_body
 from localrank.server.app import create_app
+from localrank.shared.clock import FixedClock, epoch_of
+from localrank.wire.reports import batch_body
 
 pytest.register_assert_rewrite("server_fixtures")
 from server_fixtures import (  # noqa: E402 (after the rewrite hook)
@@ -368,7 +368,7 @@ def test_no_client_address_is_logged_or_stored(
 
 def test_the_fast_validator_agrees_with_the_reference(clock: FixedClock) -> None:
     from localrank.errors import InputError
-    from localrank.reports.wire import batch_is_valid, reference_check_batch
+    from localrank.wire.reports import batch_is_valid, reference_check_batch
 
     docs: list[Any] = [{"schema": "localrank.batch/1", "reports": _batch(clock, 4)}]
     for _, body, _, _ in _bad_bodies(clock):

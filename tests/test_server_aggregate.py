@@ -19,19 +19,19 @@ import httpx
 import numpy as np
 import pytest
 
-from localrank import ldp
 from localrank.bundle import open_bundle
-from localrank.clock import FixedClock, epoch_of
-from localrank.engine import Engine
-from localrank.estimators import discrete_laplace_variance
-from localrank.reports.wire import batch_body
+from localrank.device.engine import Engine
+from localrank.device.sync import SyncClient
+from localrank.privacy import oracles as ldp
 from localrank.server.app import create_app
-from localrank.server.embeddings import learned_embeddings
-from localrank.server.estimate import category_priors, engagement, populations
+from localrank.server.debias import discrete_laplace_variance
 from localrank.server.ingest import config_key
+from localrank.server.offer_embeddings import learned_embeddings
+from localrank.server.statistics import category_priors, engagement, populations
 from localrank.server.storage import ReportRow
 from localrank.server.sums import CensusSums, EngagementSums, decode_sum, fold_reports
-from localrank.sync import SyncClient
+from localrank.shared.clock import FixedClock, epoch_of
+from localrank.wire.reports import batch_body
 
 pytest.register_assert_rewrite("server_fixtures")
 from server_fixtures import (  # noqa: E402
@@ -226,7 +226,7 @@ def test_priors_follow_segment_engagement_and_never_favour_sensitive_categories(
     movies = B.taxonomy.index("movies")
     scores[primary == movies, 2] = 10.0  # books/movies engages with movies
     scores[primary == B.taxonomy.index("groceries"), 0] = 2.0
-    from localrank.server.estimate import Engagement
+    from localrank.server.statistics import Engagement
 
     eng = Engagement(
         tracked, scores, np.ones_like(scores), np.zeros(len(B.catalog)), np.zeros(len(B.catalog)), 0

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from localrank.bundle import open_bundle
-from localrank.clock import epoch_of
-from localrank.reports.wire import batch_body
+from localrank.shared.clock import epoch_of
+from localrank.wire.reports import batch_body
 
 pytest.register_assert_rewrite("server_fixtures")
 from server_fixtures import (  # noqa: E402

@@ -21,17 +21,17 @@ import httpx
 import numpy as np
 import pytest
 
-from localrank import ldp
 from localrank.bundle import build_bundle, open_bundle
-from localrank.clock import FixedClock, epoch_of
-from localrank.estimators import oue_report_cap
-from localrank.reports.wire import batch_body, census, engagement, new_nonce
+from localrank.privacy import oracles as ldp
 from localrank.server.app import ServerState, create_app
-from localrank.server.estimate import category_priors, populations
-from localrank.server.estimate import engagement as engagement_estimate
+from localrank.server.debias import oue_report_cap
 from localrank.server.ingest import IngestRules, config_key, parse_batch
+from localrank.server.statistics import category_priors, populations
+from localrank.server.statistics import engagement as engagement_estimate
 from localrank.server.storage import ReportRow, SumRow, open_storage
 from localrank.server.sums import decode_sum, fold_reports, subtree_counts
+from localrank.shared.clock import FixedClock, epoch_of
+from localrank.wire.reports import batch_body, census, engagement, new_nonce
 
 pytest.register_assert_rewrite("server_fixtures")
 from server_fixtures import (  # noqa: E402

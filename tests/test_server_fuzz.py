@@ -35,10 +35,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
-from localrank import ldp
-from localrank.clock import FixedClock, epoch_of
-from localrank.reports.wire import batch_body
+from localrank.privacy import oracles as ldp
 from localrank.server.app import create_app
+from localrank.shared.clock import FixedClock, epoch_of
+from localrank.wire.reports import batch_body
 
 pytest.register_assert_rewrite("server_fixtures")
 from server_fixtures import (  # noqa: E402

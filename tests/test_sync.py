@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localrank.clock import FixedClock
-from localrank.engine import Engine
+from localrank.device.engine import Engine
+from localrank.device.sync import SyncClient, SyncDeadlineError, SyncError
 from localrank.errors import InputError, LocalrankError
 from localrank.server.app import create_app
-from localrank.sync import SyncClient, SyncDeadlineError, SyncError
+from localrank.shared.clock import FixedClock
 
 pytest.register_assert_rewrite("server_fixtures", "fault_proxy", "hostile_server")
 from fault_proxy import FaultProxy  # noqa: E402

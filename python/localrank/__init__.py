@@ -36,8 +36,8 @@ from localrank.errors import (
 
 if TYPE_CHECKING:
     from localrank.bundle import Bundle
-    from localrank.engine import Engine, Recommendation
-    from localrank.sync import SyncClient
+    from localrank.device.engine import Engine, Recommendation
+    from localrank.device.sync import SyncClient
 
 try:
     __version__ = version("localrank")
@@ -47,9 +47,9 @@ except PackageNotFoundError:  # running from a source tree without an install
 # Public name → the module that defines it, imported on first attribute access (PEP 562).
 _LAZY = {
     "Bundle": "localrank.bundle",
-    "Engine": "localrank.engine",
-    "Recommendation": "localrank.engine",
-    "SyncClient": "localrank.sync",
+    "Engine": "localrank.device.engine",
+    "Recommendation": "localrank.device.engine",
+    "SyncClient": "localrank.device.sync",
 }
 
 

@@ -1,21 +1,19 @@
-"""The ``localrank`` command. Each job registers its own subcommand; this module only wires
-them together."""
+"""The installed ``localrank`` command. Each job registers its own subcommand; this module only
+wires them together.
+
+The demo, the demo models and the evaluation are development tools that run from the source
+tree (``make demo``, ``make models``, ``make eval``: ``python -m tools.…``), not installed jobs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from localrank import demo
-
-    demo.run(k=args.k)
-    return 0
 
 
 def _cmd_kernels(args: argparse.Namespace) -> int:
@@ -60,8 +58,8 @@ def _cmd_bundle_build(args: argparse.Namespace) -> int:
     import time
 
     from localrank.bundle import BundleConfig, build_bundle
-    from localrank.catalog import Catalog, load_offers
-    from localrank.taxonomy import Taxonomy
+    from localrank.shared.catalog import Catalog, load_offers
+    from localrank.shared.taxonomy import Taxonomy
 
     taxonomy = Taxonomy.load(args.taxonomy)
     ctx = json.loads(Path(args.contexts).read_text(encoding="utf-8"))
@@ -89,19 +87,7 @@ def _cmd_bundle_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    from localrank.demo_catalog import write_models
-
-    for name, path in write_models(args.dir).items():
-        print(f"{name:>10}: {path}")
-    return 0
-
-
 def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = sub.add_parser("demo", help="rank offers on the embedded demo defaults")
-    demo.add_argument("-k", type=int, default=10, help="how many offers to show (default 10)")
-    demo.set_defaults(func=_cmd_demo, needs=("server",))
-
     kernels = sub.add_parser("kernels", help="list the kernel paths this machine can run")
     kernels.set_defaults(func=_cmd_kernels)
 
@@ -143,17 +129,13 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     build.add_argument("--ttl-days", type=float, default=30.0, help="expiry after creation")
     build.set_defaults(func=_cmd_bundle_build)
 
-    models = sub.add_parser("models", help="regenerate the demo files in models/")
-    models.add_argument("--dir", default="models")
-    models.set_defaults(func=_cmd_models)
 
 
 #: Every module that contributes subcommands. Add a job by adding its register function.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_core,
-    lambda sub: __import__("localrank.onnx_export").onnx_export.register_cli(sub),
-    lambda sub: __import__("localrank.evaluation.cli").evaluation.cli.register(sub),
-    lambda sub: __import__("localrank.server.cli").server.cli.register(sub),
+    lambda sub: importlib.import_module("localrank.device.onnx_export").register_cli(sub),
+    lambda sub: importlib.import_module("localrank.server.cli").register(sub),
 ]
 
 

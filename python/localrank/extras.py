@@ -1,7 +1,8 @@
 """Which optional extras a command needs, and the one-line refusal when one is missing.
 
-``pip install localrank`` installs the on-device library only. The aggregation server, the
-ONNX export and the evaluation need extras; a command that needs one says which to install
+``pip install localrank`` installs the on-device library only. The aggregation server and the
+ONNX export need extras (``rich`` in the ``cli`` extra only colours output: without it the
+command prints plain text); a command that needs one says which to install
 and exits 2, instead of ending in a ``ModuleNotFoundError`` traceback.
 """
 
@@ -16,7 +17,6 @@ __all__ = ["EXTRAS", "extra_for_module", "install_hint", "missing_extra"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "server": ("fastapi", "uvicorn", "prometheus_client", "psycopg"),
     "onnx": ("onnx", "onnxruntime"),
-    "eval": ("scipy", "implicit", "matplotlib"),
 }
 
 # psycopg is needed only for a PostgreSQL database: a command checks it when it opens one.

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from localrank.bundle.container import FORMAT_VERSION, seal, unseal
 from localrank.bundle.keys import PublicKeyLike, load_private_key, load_public_key
-from localrank.catalog import Catalog
 from localrank.errors import (
     BundleExpiredError,
     BundleFormatError,
@@ -26,9 +25,10 @@ from localrank.errors import (
     BundleSignatureError,
     InputError,
 )
-from localrank.ldp import choose_oracle
-from localrank.segments import SegmentTable, build_segments
-from localrank.taxonomy import Taxonomy
+from localrank.privacy.oracles import choose_oracle
+from localrank.shared.catalog import Catalog
+from localrank.shared.segments import SegmentTable, build_segments
+from localrank.shared.taxonomy import Taxonomy
 
 __all__ = ["Bundle", "BundleConfig", "build_bundle", "open_bundle"]
 
@@ -150,12 +150,13 @@ class Bundle:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def prior_of(self, segment: int) -> np.ndarray:
-        return self.priors[segment]
+        prior: np.ndarray = self.priors[segment]
+        return prior
 
     @property
     def oracle(self) -> str:
         """The LDP oracle devices use for segments: the config's, or for ``auto`` the one
-        :func:`localrank.ldp.choose_oracle` picks for this bundle's segment domain."""
+        :func:`localrank.privacy.oracles.choose_oracle` picks for this bundle's segment domain."""
         if self.config.oracle != "auto":
             return self.config.oracle
         return choose_oracle(self.segments.d_seg, self.config.epsilon).value

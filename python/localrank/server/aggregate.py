@@ -14,8 +14,8 @@ One run, under the server's (injectable) clock:
    the latest ``keep_bundles`` (10) bundles are deleted.
 3. **Publish**, when something was folded or the current bundle is past half its lifetime:
    populations from the last ``census_window`` folded epochs, engagement, priors, popularity
-   and learned embeddings from the last ``window_epochs`` (:mod:`localrank.server.estimate`,
-   :mod:`localrank.server.embeddings`), signed with :func:`localrank.bundle.build_bundle` as
+   and learned embeddings from the last ``window_epochs`` (:mod:`localrank.server.statistics`,
+   :mod:`localrank.server.offer_embeddings`), signed with :func:`localrank.bundle.build_bundle` as
    version ``latest + 1``. Only folded (noised) epochs are ever used, so repeated publishing
    never re-spends privacy on the same reports.
 """
@@ -31,12 +31,10 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from localrank.bundle import Bundle, build_bundle, load_private_key, open_bundle
-from localrank.catalog import content_embeddings
-from localrank.clock import SECONDS_PER_DAY, Clock, SystemClock, epoch_of
 from localrank.errors import InputError
-from localrank.server.embeddings import embedding_version, learned_embeddings
-from localrank.server.estimate import category_priors, engagement, populations
 from localrank.server.ingest import PublishedHistory
+from localrank.server.offer_embeddings import embedding_version, learned_embeddings
+from localrank.server.statistics import category_priors, engagement, populations
 from localrank.server.storage import (
     NONCE_RETENTION_EPOCHS,
     BundleRow,
@@ -45,6 +43,8 @@ from localrank.server.storage import (
     SumRow,
 )
 from localrank.server.sums import CensusSums, EngagementSums, decode_sum, fold_reports
+from localrank.shared.catalog import content_embeddings
+from localrank.shared.clock import SECONDS_PER_DAY, Clock, SystemClock, epoch_of
 
 __all__ = [
     "AggregationResult",

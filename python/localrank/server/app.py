@@ -37,9 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import load_private_key
-from localrank.clock import epoch_of
 from localrank.errors import InputError
-from localrank.reports.wire import schema_document
 from localrank.server.aggregate import (
     AggregationResult,
     Aggregator,
@@ -52,6 +50,8 @@ from localrank.server.key_chain import key_chain_router
 from localrank.server.metrics import CONTENT_TYPE, Metrics
 from localrank.server.storage import Storage, StorageUnavailableError, open_storage
 from localrank.server.strict_body import check_content_type
+from localrank.shared.clock import epoch_of
+from localrank.wire.reports import schema_document
 
 __all__ = ["ServerState", "app_from_env", "create_app"]
 

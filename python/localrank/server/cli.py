@@ -90,9 +90,9 @@ def _signing_key(args: argparse.Namespace) -> str:
 
 
 def _config(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyped-def]
-    from localrank.clock import SystemClock
     from localrank.server.aggregate import AggregationSettings
     from localrank.server.config import ServerConfig, ShiftedClock
+    from localrank.shared.clock import SystemClock
 
     offset = 0.0 if args.now is None else args.now - time.time()
     return ServerConfig(
@@ -147,8 +147,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from localrank.server.aggregate import Aggregator, ensure_base_bundle
     from localrank.server.storage import open_storage
 
@@ -161,13 +159,12 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
         ).run(force_publish=args.publish)
     finally:
         storage.close()
-    console = Console()
-    console.print(f"folded epochs: {result.folded or 'none'}")
-    console.print(f"purged: {result.purged_reports} raw reports, {result.purged_nonces} nonces")
+    print(f"folded epochs: {result.folded or 'none'}")
+    print(f"purged: {result.purged_reports} raw reports, {result.purged_nonces} nonces")
     if result.published is None:
-        console.print("published: nothing new (use --publish to force)")
+        print("published: nothing new (use --publish to force)")
     else:
-        console.print(
+        print(
             f"published bundle version {result.published}: {result.census_reports} census and "
             f"{result.engagement_reports} engagement reports (noised counts), "
             f"{result.usable_segments} usable segments"

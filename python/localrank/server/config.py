@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localrank.clock import Clock, SystemClock
 from localrank.errors import InputError
 from localrank.server.aggregate import AggregationSettings
 from localrank.server.transport import HttpLimits
+from localrank.shared.clock import Clock, SystemClock
 
 __all__ = ["CONFIG_ENV", "ServerConfig", "ShiftedClock"]
 

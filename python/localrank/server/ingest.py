@@ -38,12 +38,12 @@ import numpy as np
 
 from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import PublicKeyLike
-from localrank.clock import SECONDS_PER_DAY
 from localrank.errors import InputError
-from localrank.ldp import decode_bits
-from localrank.reports.wire import BATCH_SCHEMA, REPORT_SCHEMA, batch_is_valid, validate_batch
+from localrank.privacy.oracles import decode_bits
 from localrank.server.storage import BundleRow, ReportRow
 from localrank.server.strict_body import IngestError, short_repr, strict_json
+from localrank.shared.clock import SECONDS_PER_DAY
+from localrank.wire.reports import BATCH_SCHEMA, REPORT_SCHEMA, batch_is_valid, validate_batch
 
 __all__ = [
     "EPOCH_WINDOW",

@@ -16,7 +16,8 @@ ingest workers, two shards of an epoch, or two epochs add up. Per epoch and conf
 Noise is added here, once per epoch, and the exact values are discarded:
 
 - every count that is not itself an LDP output (``n`` of each group, and the ``central``
-  counts) gets discrete Laplace noise (:func:`localrank.ldp.discrete_laplace`) at the bundle's
+  counts) gets discrete Laplace noise (:func:`localrank.privacy.oracles.discrete_laplace`) at the
+  bundle's
   central ε. The sensitivity is ``L`` (``report_limit``) for engagement counts, since a device
   sends at most ``L`` engagement reports per epoch, and 1 for census counts (at most one
   census per epoch). Noise covers every cell, present or not, so which offers were reported
@@ -29,7 +30,7 @@ stays unbiased, with ``q²·Var(Z)/(p − q)²`` more variance.
 What one report may carry is bounded here (``docs/privacy-math.md``, "Forged reports"):
 
 - an OUE report that sets more bits in some subtree than an honest one would
-  (:func:`localrank.estimators.oue_report_cap`; census: every subtree, engagement: the tracked
+  (:func:`localrank.server.debias.oue_report_cap`; census: every subtree, engagement: the tracked
   segments of every subtree) is dropped, neither summed nor counted;
 - a group whose configuration cannot be folded (not a valid oracle and ε's, as older servers
   may have stored) is skipped and logged: one stored report never stops a fold.
@@ -46,8 +47,13 @@ from fractions import Fraction
 import numpy as np
 
 from localrank.errors import InputError
-from localrank.estimators import oue_report_cap
-from localrank.ldp import discrete_laplace, effective_probabilities, packed_len, unpack_bits
+from localrank.privacy.oracles import (
+    discrete_laplace,
+    effective_probabilities,
+    packed_len,
+    unpack_bits,
+)
+from localrank.server.debias import oue_report_cap
 from localrank.server.ingest import parse_config
 from localrank.server.storage import ReportRow, SumRow
 

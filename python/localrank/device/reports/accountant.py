@@ -1,0 +1,112 @@
+"""The privacy accountant: every ε a device spends, persisted, and a refusal past the budget.
+
+Budgets (defaults from the bundle config, docs/privacy.md explains them):
+
+- per report: ``epsilon`` (2): the instantaneous response's ε. The ledger charges this public
+  parameter, although one chained report reveals less about the true value.
+- per epoch (UTC day): ``epoch_epsilon`` (8): ``L`` = 3 engagement reports and one census at
+  ε = 2 fit exactly.
+- per rolling 30 days: ``window_epsilon`` (64): on average two reports a day over a month.
+- per memoised value: ``epsilon_perm`` (ε∞ = 4), spent once when the permanent response is
+  drawn; averaging any number of reports of that value cannot reveal more.
+
+In ``central`` mode an engagement report spends no local ε (it is protected by k-anonymity and
+the server's noise, whose ε the bundle publishes); it is still logged, at ε = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from localrank.bundle import BundleConfig
+from localrank.device.store import Store
+from localrank.shared.clock import epoch_of
+
+__all__ = ["WINDOW_S", "Accountant", "LedgerEntry"]
+
+WINDOW_S = 30 * 86400
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One line of the privacy ledger."""
+
+    t: float
+    epoch: int
+    kind: str  # 'report' or 'memo'
+    epsilon: float
+    report: str | None  # the outbox nonce of the report that spent it
+    note: str
+
+
+def _fits_window(spent: float, epsilon: float, config: BundleConfig) -> bool:
+    """Whether ``epsilon`` more fits the 30-day budget after ``spent`` (float slack only)."""
+    return spent + epsilon <= config.window_epsilon + 1e-9
+
+
+class Accountant:
+    """Reads and writes the ledger table of the device store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def spent(self, now: float) -> tuple[float, float]:
+        """(ε spent on reports this epoch, ε spent on reports in the last 30 days)."""
+        epoch = epoch_of(now)
+        rows = self._store.query(
+            "SELECT COALESCE(SUM(CASE WHEN epoch = ? THEN epsilon ELSE 0 END), 0), "
+            "COALESCE(SUM(epsilon), 0) FROM ledger WHERE kind = 'report' AND t > ?",
+            (epoch, now - WINDOW_S),
+        )
+        return float(rows[0][0]), float(rows[0][1])
+
+    def refusal(self, epsilon: float, config: BundleConfig, now: float) -> str | None:
+        """Why spending ``epsilon`` now would exceed a budget, or None if it fits."""
+        if epsilon > config.epsilon + 1e-12:
+            return f"a report may spend at most ε = {config.epsilon}, this one needs {epsilon}"
+        epoch, window = self.spent(now)
+        if epoch + epsilon > config.epoch_epsilon + 1e-9:
+            return (
+                f"the epoch budget is spent: {epoch:g} of ε = {config.epoch_epsilon:g} used "
+                f"today, this report needs {epsilon:g}"
+            )
+        if not _fits_window(window, epsilon, config):
+            return (
+                f"the 30-day budget is spent: {window:g} of ε = {config.window_epsilon:g} "
+                f"used, this report needs {epsilon:g}"
+            )
+        return None
+
+    def window_frees_at(self, epsilon: float, config: BundleConfig, now: float) -> float:
+        """The earliest time, from ``now`` on, at which spending ``epsilon`` fits the rolling
+        30-day budget: ``now`` if it fits already, else the moment enough past spending has
+        aged out of the window. (The epoch budget frees at the next UTC day.)"""
+        rows = self._store.query(
+            "SELECT t, epsilon FROM ledger WHERE kind = 'report' AND t > ? ORDER BY t",
+            (now - WINDOW_S,),
+        )
+        spent = sum(e for _, e in rows)
+        if _fits_window(spent, epsilon, config):
+            return now
+        for t, e in rows:
+            spent -= e
+            if _fits_window(spent, epsilon, config):
+                # the entry at t counts while the window (now - 30 days, now] holds it
+                return float(t) + WINDOW_S
+        return now + WINDOW_S  # unreachable: an empty window always has room for one report
+
+    @staticmethod
+    def record(
+        db: Any, *, t: float, kind: str, epsilon: float, report: str | None, note: str
+    ) -> None:
+        db.execute(
+            "INSERT INTO ledger (t, epoch, kind, report, epsilon, note) VALUES (?, ?, ?, ?, ?, ?)",
+            (t, epoch_of(t), kind, report, epsilon, note),
+        )
+
+    def entries(self) -> list[LedgerEntry]:
+        rows = self._store.query(
+            "SELECT t, epoch, kind, epsilon, report, note FROM ledger ORDER BY t, id"
+        )
+        return [LedgerEntry(*r) for r in rows]

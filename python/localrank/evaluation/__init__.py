@@ -1,2 +1,0 @@
-"""The real-data evaluation: MovieLens-100K through localrank's real code paths, side by side
-with a centralised ALS (``localrank evaluate``; docs/evaluation.md)."""

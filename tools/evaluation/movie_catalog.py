@@ -1,0 +1,93 @@
+"""MovieLens as a localrank catalog: each movie is an offer, its genres are its categories,
+and each user is a device with on-device attributes (age band, occupation, ZIP region)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from localrank.bundle import BundleConfig
+from localrank.shared.catalog import Catalog, Offer
+from localrank.shared.geo import zip_region
+from localrank.shared.taxonomy import Category, Taxonomy
+from tools.demo_catalog import DEMO_CONTEXTS
+from tools.movielens import GENRES, MovieLens100K
+
+__all__ = [
+    "CONTEXT",
+    "REGIONS",
+    "age_band",
+    "movielens_catalog",
+    "movielens_config",
+    "movielens_taxonomy",
+    "offer_id",
+    "region_of_user",
+]
+
+#: The context every simulated app call names: a streaming app is "entertainment", whose
+#: default policy allows purchases and browsing.
+CONTEXT = "entertainment"
+REGIONS = tuple(f"zip-{d}" for d in range(10))
+
+
+def _slug(genre: str) -> str:
+    return genre.lower()
+
+
+def movielens_taxonomy() -> Taxonomy:
+    """The 19 genres; none is a sensitive category."""
+    return Taxonomy(tuple(Category(_slug(g), label=g) for g in GENRES))
+
+
+def offer_id(item: int) -> str:
+    """The public catalog id of a movie (0-based item index)."""
+    return f"ml-{item + 1}"
+
+
+def movielens_catalog(data: MovieLens100K, d: int) -> Catalog:
+    """Every movie as an offer, embedded from its genres (public content only)."""
+    taxonomy = movielens_taxonomy()
+    offers = [
+        Offer(
+            id=offer_id(i),
+            title=data.items.title[i],
+            categories=tuple(_slug(g) for g in data.items.genres[i]) or ("unknown",),
+        )
+        for i in range(len(data.items))
+    ]
+    return Catalog.from_offers(offers, taxonomy, DEMO_CONTEXTS, d=d)
+
+
+#: Segment depth for a fleet of about a thousand devices. The product's default depth (3:
+#: genre/genre/region, 3,782 segments here) is sized for large fleets: under LDP a segment's
+#: population is published only once the lower end of its 95% interval clears
+#: ``min_population``, which at d_seg = 3,782 (OUE) takes on the order of 10⁵ devices. At
+#: depth 1 (the top genre, 20 segments, GRR) the large genres publish with ~10³ devices.
+SEGMENT_DEPTH = 1
+
+
+def movielens_config(d: int = 32, **overrides: object) -> BundleConfig:
+    """The product's default config for the MovieLens catalog, at :data:`SEGMENT_DEPTH`, with
+    ``overrides``."""
+    base = BundleConfig(d=d, contexts=DEMO_CONTEXTS, regions=REGIONS, segment_depth=SEGMENT_DEPTH)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def age_band(age: int) -> str:
+    """MovieLens-1M's age bands."""
+    for upper, band in (
+        (18, "<18"),
+        (25, "18-24"),
+        (35, "25-34"),
+        (45, "35-44"),
+        (50, "45-49"),
+        (56, "50-55"),
+    ):
+        if age < upper:
+            return band
+    return "56+"
+
+
+def region_of_user(zip_code: str) -> str | None:
+    """The ZIP region (first digit of a US ZIP code), None for Canadian postal codes."""
+    region = zip_region(zip_code)
+    return region if region in REGIONS else None
