@@ -3,8 +3,8 @@
 The reference is what the engine computes (:meth:`Engine.scoring_inputs`, whose mask and
 ``adjust`` come from :mod:`localrank.device.guardrails`, the contract) and what the Rust
 kernel ranks from it. The model gets the *raw* request (level, context id, opt-ins, fatigue,
-location flags) and must compute the identical mask and ``adjust`` itself, then rank "the same" (docs/design.md):
-the same indices in the same order, except where two scores differ by less than
+location flags) and must compute the identical mask and ``adjust`` itself, then rank "the same"
+(docs/design.md): the same indices in the same order, except where two scores differ by less than
 1e-5·max(1, |s|).
 """
 
