@@ -81,6 +81,7 @@ lint: build
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(BIN)/ruff check python tests benches tools
 	$(BIN)/lint-imports
+	$(PY) -m mypy
 	$(PY) -m mypy.stubtest localrank._core
 
 bench: build

@@ -109,3 +109,35 @@ def test_the_installed_command_has_no_development_jobs() -> None:
         with pytest.raises(SystemExit):
             parser.parse_args([job])
     assert parser.parse_args(["kernels"]).command == "kernels"
+
+
+#: Each device table and the one module whose SQL may touch it (docs/architecture.md).
+TABLE_OWNERS = {
+    "events": "device/events.py",
+    "event_categories": "device/events.py",
+    "settings": "device/store.py",
+    "attributes": "device/store.py",
+    "bundle": "device/store.py",
+    "snoozes": "device/store.py",
+    "ledger": "device/reports/accountant.py",
+    "memos": "device/reports/accountant.py",
+    "outbox": "device/reports/outbox.py",
+    "pending": "device/reports/outbox.py",
+}
+
+
+def test_every_device_table_has_one_owner() -> None:
+    """SQL naming a device table (after FROM, JOIN, INTO, UPDATE or TABLE) appears only in that
+    table's owner; the store's migrations (which create every table) are the one exception."""
+    import re
+
+    sql = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS)\s+([a-z_]+)")
+    found: dict[str, set[str]] = {}
+    for path in (PACKAGE / "device").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if path.name == "store.py":
+            text = text[text.index("SCHEMA_VERSION = ") :]  # skip the migrations
+        for table in sql.findall(text):
+            if table in TABLE_OWNERS:
+                found.setdefault(table, set()).add(str(path.relative_to(PACKAGE)))
+    assert found == {t: {owner} for t, owner in TABLE_OWNERS.items()}

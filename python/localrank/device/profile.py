@@ -18,6 +18,7 @@ expire, when time runs backwards (a replay), or when the bundle's embedding vers
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,9 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from localrank.bundle import Bundle
+from localrank.device.events import EventLog, StoredEvent
+from localrank.device.store import Store
 from localrank.shared.policy import EVENT_SIGNAL, SIGNALS
 
-__all__ = ["EVENT_WEIGHT", "Profile", "ProfileRules", "ProfileView"]
+__all__ = ["EVENT_WEIGHT", "OfferEvents", "Profile", "ProfileRules", "ProfileSync", "ProfileView"]
 
 #: How much each kind of event says about an interest (times the event's strength).
 EVENT_WEIGHT = {
@@ -187,3 +190,116 @@ class Profile:
         u = (vec / total if total > 0 else np.zeros(d)).astype(np.float32)
         order = [int(c) for c in np.argsort(-affinity, kind="stable") if affinity[c] > 0]
         return ProfileView(affinity, evidence, u, order)
+
+
+#: Kind codes of :class:`OfferEvents` (0: any other kind).
+IMPRESSION, DISMISS, PURCHASE = 1, 2, 3
+_KIND_CODES = {"impression": IMPRESSION, "dismiss": DISMISS, "purchase": PURCHASE}
+
+
+@dataclass(frozen=True)
+class OfferEvents:
+    """The stored events that name an offer, as arrays: fatigue reads them on every ranking
+    call without a query (on a 10k-event store the query took most of a ``recommend`` call)."""
+
+    kind: np.ndarray  # int8: IMPRESSION, DISMISS, PURCHASE or 0
+    t: np.ndarray  # float64
+    row: np.ndarray  # int64: the catalog row, or -1 for an offer the bundle no longer has
+
+
+class ProfileSync:
+    """The profile kept in step with the event log: rebuilt after deletions (in this or another
+    process), a new bundle, or time running backwards; otherwise only new events are folded.
+
+    The stored events are cached as read, so that a new bundle rebuilds the profile without
+    reading them again; the cache is dropped whenever events are deleted (the generation moves).
+    """
+
+    def __init__(self, store: Store, events: EventLog, rules: ProfileRules) -> None:
+        self._store = store
+        self._events = events
+        self.rules = rules
+        self._profile: Profile | None = None
+        self._profile_now = -math.inf
+        self._generation = -1
+        self._rows: list[StoredEvent] = []
+        self._offer_events: _OfferEventCache | None = None
+        self._last_purge = -math.inf
+
+    def reset(self) -> None:
+        """Forget the in-memory profile and cache (events were deleted here)."""
+        self._profile = None
+        self._rows = []
+
+    def sync(self, bundle: Bundle, now: float) -> Profile:
+        """The profile of every stored event, as of ``now``."""
+        if abs(now - self._last_purge) >= 3600:  # retention checked once an hour of engine time
+            self._last_purge = now
+            self._events.purge(now)
+        generation = self._store.generation()
+        if generation != self._generation:
+            self._rows = []
+        profile = self._profile
+        if (
+            profile is None
+            or profile.bundle.digest != bundle.digest
+            or profile.rules != self.rules
+            or generation != self._generation
+            or now < self._profile_now
+        ):
+            profile = self._profile = Profile(bundle, self.rules)
+            self._generation = generation
+        cached = self._rows  # read only what is newer than the cache
+        cached.extend(self._events.after(cached[-1][0] if cached else 0))
+        # fold only what the profile has not seen (all of it after a rebuild)
+        rows = cached[bisect.bisect_right(cached, profile.last_event_id, key=lambda r: r[0]) :]
+        names = bundle.taxonomy.ids
+        row_of = bundle.catalog.row_of
+        profile.add(
+            _Event(
+                eid,
+                kind,
+                t,
+                strength,
+                row_of.get(offer, -1) if offer is not None else -1,
+                [names[c] for c in (cats.split("\x1f") if cats else []) if c in names],
+            )
+            for eid, kind, t, strength, offer, cats in rows
+        )
+        profile.advance(now)
+        self._profile_now = now
+        return profile
+
+    def offer_events(self, bundle: Bundle) -> OfferEvents:
+        """The cached events that name an offer (call :meth:`sync` first), kept in step with
+        the cache: appended to as it grows, rebuilt when it is replaced or the bundle changes."""
+        rows, digest = self._rows, bundle.digest
+        c = self._offer_events
+        if c is None or c.rows is not rows or c.digest != digest or c.done > len(rows):
+            empty = OfferEvents(np.zeros(0, np.int8), np.zeros(0), np.zeros(0, np.int64))
+            c = self._offer_events = _OfferEventCache(rows, digest, 0, empty)
+        if c.done < len(rows):
+            ids = bundle.catalog.row_of
+            new = [
+                (_KIND_CODES.get(k, 0), t, ids.get(o, -1))
+                for _, k, t, _, o, _ in rows[c.done :]
+                if o is not None
+            ]
+            if new:
+                k2, t2, r2 = zip(*new, strict=True)
+                e = c.events
+                c.events = OfferEvents(
+                    np.concatenate([e.kind, np.asarray(k2, np.int8)]),
+                    np.concatenate([e.t, np.asarray(t2, np.float64)]),
+                    np.concatenate([e.row, np.asarray(r2, np.int64)]),
+                )
+            c.done = len(rows)
+        return c.events
+
+
+@dataclass
+class _OfferEventCache:
+    rows: list[StoredEvent]  # the cache these arrays were made from (identity, not equality)
+    digest: str
+    done: int  # how many of ``rows`` are in ``events``
+    events: OfferEvents

@@ -205,8 +205,102 @@ class Store:
     def query(
         self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
     ) -> list[tuple[Any, ...]]:
+        """Rows of one read. Only a table's owner module queries it (docs/architecture.md)."""
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    # -- the settings table: small named values ------------------------------------------------
+    # 'settings' (the user's Settings as JSON), 'key_trust' (the server's key chain),
+    # 'generation' (bumped whenever events are deleted, so other processes rebuild) and
+    # 'silent_until' (the quiet period after forget(everything=True)).
+
+    def setting(self, key: str) -> str | None:
+        """The stored value named ``key``, or None."""
+        rows = self.query("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    @staticmethod
+    def put_setting(db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @staticmethod
+    def delete_settings_except(db: sqlite3.Connection, keep: tuple[str, ...]) -> None:
+        marks = ", ".join("?" * len(keep))
+        db.execute(f"DELETE FROM settings WHERE key NOT IN ({marks})", keep)
+
+    def generation(self) -> int:
+        """How many times events were deleted, by any process sharing the file."""
+        value = self.setting("generation")
+        return int(value) if value is not None else 0
+
+    @staticmethod
+    def bump_generation(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO settings (key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+        )
+
+    # -- the attributes table: on-device demographics -----------------------------------------
+
+    def attributes(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.query("SELECT key, value FROM attributes")}
+
+    @staticmethod
+    def put_attribute(db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO attributes (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- the bundle table: the installed bundle ------------------------------------------------
+
+    def installed_bundle(self) -> tuple[bytes, int] | None:
+        """(data, version) of the installed bundle, or None."""
+        rows = self.query("SELECT data, version FROM bundle WHERE id = 1")
+        return (bytes(rows[0][0]), int(rows[0][1])) if rows else None
+
+    @staticmethod
+    def put_bundle(db: sqlite3.Connection, version: int, digest: str, data: bytes) -> None:
+        db.execute(
+            "INSERT INTO bundle (id, version, digest, data) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET version = excluded.version, "
+            "digest = excluded.digest, data = excluded.data",
+            (version, digest, data),
+        )
+
+    # -- the snoozes table ---------------------------------------------------------------------
+
+    def snooze(self) -> tuple[float, int, float] | None:
+        """(until, back-off level, when) of the snooze of everything, or None."""
+        rows = self.query("SELECT until, level, t FROM snoozes WHERE scope = '*'")
+        return (float(rows[0][0]), int(rows[0][1]), float(rows[0][2])) if rows else None
+
+    @staticmethod
+    def put_snooze(db: sqlite3.Connection, until: float, level: int, t: float) -> None:
+        db.execute(
+            "INSERT INTO snoozes (scope, until, level, t) VALUES ('*', ?, ?, ?) "
+            "ON CONFLICT(scope) DO UPDATE SET until = excluded.until, "
+            "level = excluded.level, t = excluded.t",
+            (until, level, t),
+        )
+
+    def snoozes(self) -> list[dict[str, Any]]:
+        rows = self.query("SELECT scope, until, level, t FROM snoozes")
+        return [dict(zip(("scope", "until", "level", "t"), r, strict=True)) for r in rows]
+
+    @staticmethod
+    def forget_user_tables(db: sqlite3.Connection) -> None:
+        """Wipe the attributes and snoozes, and every setting but the generation (so other
+        processes see the wipe) and the key chain (the server's, not the user's: dropping it
+        would re-trust retired keys)."""
+        db.execute("DELETE FROM attributes")
+        db.execute("DELETE FROM snoozes")
+        Store.delete_settings_except(db, ("generation", "key_trust"))
 
     def scrub(self) -> None:
         """Push every change into the main file, truncate the WAL and vacuum, so deleted rows

@@ -16,8 +16,8 @@ the server's noise, whose ε the bundle publishes); it is still logged, at ε = 
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
-from typing import Any
 
 from localrank.bundle import BundleConfig
 from localrank.device.store import Store
@@ -46,7 +46,8 @@ def _fits_window(spent: float, epsilon: float, config: BundleConfig) -> bool:
 
 
 class Accountant:
-    """Reads and writes the ledger table of the device store."""
+    """The ``ledger`` table (every ε spent) and the ``memos`` table (the memoised permanent
+    responses that bound what repeated reports reveal); only this module's SQL touches them."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -97,8 +98,45 @@ class Accountant:
         return now + WINDOW_S  # unreachable: an empty window always has room for one report
 
     @staticmethod
+    def memo(db: sqlite3.Connection, domain: str, value: int) -> bytes | None:
+        """The memoised permanent response for ``value`` in ``domain``, or None."""
+        row = db.execute(
+            "SELECT response FROM memos WHERE domain = ? AND value = ?", (domain, value)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    @staticmethod
+    def remember(
+        db: sqlite3.Connection,
+        domain: str,
+        value: int,
+        epsilon: float,
+        response: bytes,
+        t: float,
+    ) -> None:
+        db.execute(
+            "INSERT INTO memos (domain, value, epsilon, response, t) VALUES (?, ?, ?, ?, ?)",
+            (domain, value, epsilon, response, t),
+        )
+
+    def memo_count(self) -> int:
+        return int(self._store.query("SELECT COUNT(*) FROM memos")[0][0])
+
+    @staticmethod
+    def clear(db: sqlite3.Connection) -> None:
+        """Wipe memos and ledger (forget everything; the silent period covers the window)."""
+        db.execute("DELETE FROM memos")
+        db.execute("DELETE FROM ledger")
+
+    @staticmethod
     def record(
-        db: Any, *, t: float, kind: str, epsilon: float, report: str | None, note: str
+        db: sqlite3.Connection,
+        *,
+        t: float,
+        kind: str,
+        epsilon: float,
+        report: str | None,
+        note: str,
     ) -> None:
         db.execute(
             "INSERT INTO ledger (t, epoch, kind, report, epsilon, note) VALUES (?, ?, ?, ?, ?, ?)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +56,74 @@ class SentReport:
 
 
 class Outbox:
+    """The ``outbox`` table (reports made, sent or not) and the ``pending`` table (events that
+    wait for an engagement report); only this module's SQL touches them."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    # -- pending: events waiting for a report ---------------------------------------------------
+
+    @staticmethod
+    def wait(db: sqlite3.Connection, event_id: int, t: float) -> None:
+        """Queue event ``event_id`` (which happened at ``t``) for an engagement report."""
+        db.execute("INSERT INTO pending (event_id, t) VALUES (?, ?)", (event_id, t))
+
+    @staticmethod
+    def due(db: sqlite3.Connection, now: float) -> list[int]:
+        """The waiting events that happened by ``now``, oldest first."""
+        rows = db.execute(
+            "SELECT event_id FROM pending WHERE t <= ? ORDER BY t, event_id", (now,)
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    @staticmethod
+    def done_waiting(db: sqlite3.Connection, event_id: int) -> None:
+        db.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
+
+    def backlog(self, now: float) -> int:
+        """How many waiting events happened by ``now``."""
+        return int(self._store.query("SELECT COUNT(*) FROM pending WHERE t <= ?", (now,))[0][0])
+
+    # -- the outbox -------------------------------------------------------------------------------
+
+    @staticmethod
+    def drop_unsent(db: sqlite3.Connection) -> None:
+        """Nothing queued or waiting may leave any more (consent withdrawn)."""
+        db.execute("DELETE FROM pending")
+        db.execute("DELETE FROM outbox WHERE sent_at IS NULL")
+
+    @staticmethod
+    def drop_made_from(db: sqlite3.Connection, event_id: int) -> None:
+        """An unsent report made from a forgotten event never leaves."""
+        db.execute("DELETE FROM outbox WHERE event_id = ? AND sent_at IS NULL", (event_id,))
+
+    @staticmethod
+    def clear(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM pending")
+        db.execute("DELETE FROM outbox")
+
+    @staticmethod
+    def last_census_at(db: sqlite3.Connection) -> float | None:
+        row = db.execute("SELECT MAX(queued_at) FROM outbox WHERE kind = 'census'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @staticmethod
+    def made(db: sqlite3.Connection, kind: str, epoch: int) -> int:
+        """How many ``kind`` reports were made for ``epoch``."""
+        row = db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE kind = ? AND epoch = ?", (kind, epoch)
+        ).fetchone()
+        return int(row[0])
+
     @staticmethod
     def queue(
-        db: Any, report: dict[str, Any], *, epsilon: float, now: float, event_id: int | None
+        db: sqlite3.Connection,
+        report: dict[str, Any],
+        *,
+        epsilon: float,
+        now: float,
+        event_id: int | None,
     ) -> None:
         db.execute(
             "INSERT INTO outbox (nonce, kind, epoch, payload, epsilon, queued_at, shuffle, "
@@ -75,13 +138,6 @@ class Outbox:
                 secrets.randbits(62),
                 event_id,
             ),
-        )
-
-    def count(self, kind: str, epoch: int) -> int:
-        return int(
-            self._store.query(
-                "SELECT COUNT(*) FROM outbox WHERE kind = ? AND epoch = ?", (kind, epoch)
-            )[0][0]
         )
 
     def take(self, now: float, max_reports: int = MAX_BATCH) -> OutboxBatch | None:

@@ -19,13 +19,14 @@ Rules (docs/design.md, "Wire contract"):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from localrank.bundle import Bundle
+from localrank.device.events import EventLog
 from localrank.device.reports.accountant import Accountant
 from localrank.device.reports.outbox import Outbox
 from localrank.device.settings import Settings
@@ -48,33 +49,24 @@ class ReportingStatus:
 
 
 class Reporter:
-    """Owned by the engine; reads its bundle, settings and segments through callables."""
+    """Makes the device's reports. Owned by the engine, which passes in what each step needs
+    (the bundle, the settings, the segment): the reporter never calls back into the engine."""
 
-    def __init__(
-        self,
-        store: Store,
-        bundle: Callable[[], Bundle],
-        settings: Callable[[], Settings],
-        segments: Callable[[float], tuple[int, int]],
-    ) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._bundle = bundle
-        self._settings = settings
-        self._segments = segments  # now -> (finest, active)
         self.accountant = Accountant(store)
         self.outbox = Outbox(store)
 
     # -- state ------------------------------------------------------------------------------
 
     def silent_until(self) -> float:
-        rows = self._store.query("SELECT value FROM settings WHERE key = 'silent_until'")
-        return float(rows[0][0]) if rows else float("-inf")
+        value = self._store.setting("silent_until")
+        return float(value) if value is not None else float("-inf")
 
-    def status(self, now: float) -> ReportingStatus:
-        s = self._settings()
-        if not s.reporting:
+    def status(self, now: float, settings: Settings) -> ReportingStatus:
+        if not settings.reporting:
             return ReportingStatus(False, "the reporting consent is off")
-        if s.level == "off":
+        if settings.level == "off":
             return ReportingStatus(False, "personalisation is off: nothing is reported")
         if now < self.silent_until():
             return ReportingStatus(False, "silent for 30 days after everything was forgotten")
@@ -82,55 +74,44 @@ class Reporter:
 
     # -- events -----------------------------------------------------------------------------
 
-    def on_record(self, db: Any, event_id: int, kind: str, offer: str | None, t: float) -> None:
+    def on_record(
+        self,
+        db: sqlite3.Connection,
+        event_id: int,
+        kind: str,
+        offer: str | None,
+        t: float,
+        bundle: Bundle,
+        settings: Settings,
+    ) -> None:
         """Queue an event for a later engagement report, if it may ever be reported."""
-        if kind not in ENGAGEMENT_EVENTS or offer is None or not self.status(t).active:
+        if kind not in ENGAGEMENT_EVENTS or offer is None or not self.status(t, settings).active:
             return
-        b = self._bundle()
-        if b.catalog.sensitive[b.catalog.index_of(offer)]:
+        if bundle.catalog.sensitive[bundle.catalog.index_of(offer)]:
             return
-        db.execute("INSERT INTO pending (event_id, t) VALUES (?, ?)", (event_id, t))
+        Outbox.wait(db, event_id, t)
 
-    def drop_unsent(self, db: Any) -> None:
-        """Consent withdrawn: nothing queued may leave any more."""
-        db.execute("DELETE FROM pending")
-        db.execute("DELETE FROM outbox WHERE sent_at IS NULL")
-
-    def forget_event(self, db: Any, event_id: int) -> None:
-        """An event is being forgotten: a report made from it that has not left yet never will
-        (its ε stays spent in the ledger)."""
-        db.execute("DELETE FROM outbox WHERE event_id = ? AND sent_at IS NULL", (event_id,))
-
-    def forget_everything(self, db: Any, now: float) -> None:
+    def forget_everything(self, db: sqlite3.Connection, now: float) -> None:
         """Wipe memos, ledger, outbox and queue, and start the silent period: a fresh memo
         must not be averaged against the old one, and the silent period outlasts the 30-day
         accounting window the wiped ledger covered."""
-        for table in ("pending", "outbox", "memos", "ledger"):
-            db.execute(f"DELETE FROM {table}")
-        db.execute(
-            "INSERT INTO settings (key, value) VALUES ('silent_until', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (repr(now + SILENT_DAYS * 86400),),
-        )
+        Outbox.clear(db)
+        Accountant.clear(db)
+        Store.put_setting(db, "silent_until", repr(now + SILENT_DAYS * 86400))
 
     # -- making reports ---------------------------------------------------------------------
 
-    def _randomised(self, db: Any, b: Bundle, value: int, now: float) -> int | str:
+    def _randomised(self, db: sqlite3.Connection, b: Bundle, value: int, now: float) -> int | str:
         """Permanent response (memoised per value and configuration) + instantaneous one."""
         c = b.config
         oracle = b.oracle
         d = b.segments.d_seg
         domain = f"segment:{oracle}:{d}:{c.epsilon_perm!r}"
-        row = db.execute(
-            "SELECT response FROM memos WHERE domain = ? AND value = ?", (domain, value)
-        ).fetchone()
-        if row is None:
+        memo = Accountant.memo(db, domain, value)
+        if memo is None:
             perm = oracles.permanent_response(oracle, [value], d, c.epsilon_perm)
             memo = np.asarray(perm).tobytes()
-            db.execute(
-                "INSERT INTO memos (domain, value, epsilon, response, t) VALUES (?, ?, ?, ?, ?)",
-                (domain, value, c.epsilon_perm, memo, now),
-            )
+            Accountant.remember(db, domain, value, c.epsilon_perm, memo, now)
             Accountant.record(
                 db,
                 t=now,
@@ -140,8 +121,6 @@ class Reporter:
                 note=f"permanent response for one segment value ({oracle}, d = {d}); "
                 "drawn once, bounds what all reports of this value reveal",
             )
-        else:
-            memo = row[0]
         if oracle == "grr":
             perm_arr = np.frombuffer(memo, dtype=np.int64)
             return int(oracles.instantaneous_response(oracle, perm_arr, d, c.epsilon)[0])
@@ -149,21 +128,24 @@ class Reporter:
         bits = oracles.instantaneous_response(oracle, perm_bits, d, c.epsilon)[0]
         return oracles.encode_bits(bits)
 
-    def prepare(self, now: float) -> list[str]:
-        """Make this epoch's reports, within ``L`` and the budgets. Returns why it stopped
-        early, if it did (an empty list when everything due was made)."""
-        if not self.status(now).active:
-            return [self.status(now).reason]
-        b = self._bundle()
+    def prepare(
+        self, now: float, bundle: Bundle, settings: Settings, segment: tuple[int, int]
+    ) -> list[str]:
+        """Make this epoch's reports, within ``L`` and the budgets, for a device whose
+        ``segment`` is ``(finest, active)``. Returns why it stopped early, if it did (an empty
+        list when everything due was made)."""
+        status = self.status(now, settings)
+        if not status.active:
+            return [status.reason]
+        b = bundle
         c = b.config
         epoch = epoch_of(now)
         stopped: list[str] = []
-        finest, active = self._segments(now)
+        finest, active = segment
         oracle = b.oracle
+        value: int | str
         with self._store.transaction() as db:
-            last = db.execute("SELECT MAX(queued_at) FROM outbox WHERE kind = 'census'").fetchone()[
-                0
-            ]
+            last = Outbox.last_census_at(db)
             if last is None or now - last >= c.census_interval_days * 86400:
                 why = self.accountant.refusal(c.epsilon, c, now)
                 if why is None:
@@ -178,24 +160,17 @@ class Reporter:
                     self._queue(db, r, c.epsilon, now, "census of the finest segment", None)
                 else:
                     stopped.append(f"census: {why}")
-            made = db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE kind = 'engagement' AND epoch = ?", (epoch,)
-            ).fetchone()[0]
-            rows = db.execute(
-                "SELECT p.event_id, e.kind, e.offer FROM pending p JOIN events e "
-                "ON e.id = p.event_id WHERE p.t <= ? ORDER BY p.t, p.event_id",
-                (now,),
-            ).fetchall()
-            for event_id, kind, offer in rows:
+            made = Outbox.made(db, "engagement", epoch)
+            due = Outbox.due(db, now)
+            offers = EventLog.offers_of(db, due)
+            for event_id in due:
                 if made >= c.report_limit:
                     stopped.append(f"engagement: L = {c.report_limit} reports this epoch")
                     break
-                try:
-                    row = b.catalog.index_of(offer)
-                except Exception:
-                    row = -1
+                kind, offer = offers.get(event_id, ("", ""))
+                row = b.catalog.row_of.get(offer, -1)
                 if row < 0 or b.catalog.sensitive[row]:
-                    db.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
+                    Outbox.done_waiting(db, event_id)
                     continue
                 spend = c.epsilon if c.mode == "ldp" else 0.0
                 why = self.accountant.refusal(spend, c, now)
@@ -203,7 +178,7 @@ class Reporter:
                     stopped.append(f"engagement: {why}")
                     break
                 if c.mode == "ldp":
-                    value: int | str = self._randomised(db, b, active, now)
+                    value = self._randomised(db, b, active, now)
                     r = engagement(
                         epoch=epoch,
                         mode="ldp",
@@ -232,13 +207,13 @@ class Reporter:
                     f"ε = {c.central_epsilon:g}"
                 )
                 self._queue(db, r, spend, now, note, event_id)
-                db.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
+                Outbox.done_waiting(db, event_id)
                 made += 1
         return stopped
 
     def _queue(
         self,
-        db: Any,
+        db: sqlite3.Connection,
         report: dict[str, Any],
         epsilon: float,
         now: float,

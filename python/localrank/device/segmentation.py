@@ -1,0 +1,86 @@
+"""Which segment this device is in: its top interests and, where the policy allows, its
+region, placed in the bundle's segment tree (:mod:`localrank.shared.segments`).
+
+Two questions, two answers:
+
+- the segment that may **leave the device** (census and engagement reports) is built only from
+  the signals the policy's ``segments`` row allows;
+- the segment that may **rank offers in a context** is built only from signals both that row and
+  the context allow: a game never ranks by a navigation app's visits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from localrank.bundle import Bundle
+from localrank.device.events import RETENTION_S, EventLog
+from localrank.device.profile import Profile, ProfileRules
+from localrank.device.store import Store
+from localrank.shared.policy import SEGMENTS_ROW, Policy
+
+__all__ = ["SegmentInfo", "Segmentation"]
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """The finest segment the device's signals reach, and the active one: the finest
+    ancestor populated enough (``min_population``) to be used and reported."""
+
+    finest: int
+    active: int
+    finest_path: str
+    active_path: str
+
+
+class Segmentation:
+    """Places the device in a bundle's segment tree."""
+
+    def __init__(self, store: Store, events: EventLog) -> None:
+        self._store = store
+        self._events = events
+
+    def segment(
+        self,
+        bundle: Bundle,
+        policy: Policy,
+        profile: Profile,
+        t: float,
+        context: str | None = None,
+    ) -> SegmentInfo:
+        """The segment the ``segments`` row allows or, with ``context``, the one that may rank
+        offers there. The region counts only where the context may use location (visits) or
+        demographics (the attribute)."""
+        row = policy.allowed(SEGMENTS_ROW)
+        signals = row - {"region"}
+        sources = {"location", "demographics"}
+        if context is not None:
+            allowed = policy.allowed(context)
+            signals &= allowed
+            sources &= allowed
+        view = profile.view(signals)
+        top = [bundle.taxonomy.names[c] for c in view.interests[:2]]
+        region = self.region(bundle, profile.rules, t, sources) if "region" in row else None
+        finest = bundle.segments.finest(top, region)
+        active = bundle.segments.active(finest, bundle.config.min_population)
+        paths = bundle.segments.paths
+        return SegmentInfo(finest, active, paths[finest], paths[active])
+
+    def region(
+        self, bundle: Bundle, rules: ProfileRules, t: float, sources: set[str]
+    ) -> str | None:
+        """The region attribute if set, else the bundle region visited most (90 days). Like
+        interests, visits count only once matured (the cool-down) and with enough of them in
+        a region (the evidence threshold), and never when they touch a sensitive category."""
+        regions = bundle.config.regions
+        attr = self._store.attributes().get("region") if "demographics" in sources else None
+        if attr in regions:
+            return attr
+        if "location" not in sources:
+            return None
+        tax = bundle.taxonomy
+        sensitive = [c for c in tax.names if tax.is_sensitive(c)]
+        visited = self._events.visited_regions(
+            t - RETENTION_S, t - rules.cooldown_s, sensitive, rules.min_evidence
+        )
+        return next((r for r in visited if r in regions), None)
