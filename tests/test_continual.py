@@ -418,10 +418,10 @@ def test_a_resumed_mechanism_keeps_the_analytic_variance() -> None:
     an uninterrupted run (the stored noise enters, none is redrawn or lost)."""
     n = 2000
     mech = SqrtFactorisation.calibrated(n, 20, RHO, W)
-    for t in range(10):
+    for _ in range(10):
         mech.release(np.full(n, COUNT))
     resumed = SqrtFactorisation.from_state(_through_storage(mech.state()))
-    for t in range(10):
+    for _ in range(10):
         last = resumed.release(np.full(n, COUNT))
     e = (last - 20 * COUNT).astype(np.float64)
     v = resumed.noise_variance(20) + 1 / 12
@@ -447,34 +447,34 @@ def test_a_state_of_another_kind_or_shape_is_refused() -> None:
 
 
 def test_bad_arguments_are_refused_by_name() -> None:
-    with pytest.raises(InputError, match="^sigma"):
+    with pytest.raises(InputError, match=r"^sigma"):
         discrete_gaussian(0.0, 3)
-    with pytest.raises(InputError, match="^shape"):
+    with pytest.raises(InputError, match=r"^shape"):
         discrete_gaussian(1.0, (2, -1))
-    with pytest.raises(InputError, match="^rho"):
+    with pytest.raises(InputError, match=r"^rho"):
         epsilon_for_rho(-1.0)
-    with pytest.raises(InputError, match="^delta"):
+    with pytest.raises(InputError, match=r"^delta"):
         epsilon_for_rho(0.1, 1.0)
-    with pytest.raises(InputError, match="^epsilon"):
+    with pytest.raises(InputError, match=r"^epsilon"):
         rho_for_epsilon(0.0)
-    with pytest.raises(InputError, match="^kind"):
+    with pytest.raises(InputError, match=r"^kind"):
         mechanism_class("laplace")
-    with pytest.raises(InputError, match="^cadence_days"):
+    with pytest.raises(InputError, match=r"^cadence_days"):
         calibrate("sqrt", rho_window=0.1, history_days=240, cadence_days=0,
                   reports_per_window=W)
-    with pytest.raises(InputError, match="^reports_per_window"):
+    with pytest.raises(InputError, match=r"^reports_per_window"):
         calibrate("sqrt", rho_window=0.1, history_days=240, cadence_days=1,
                   reports_per_window=0)
     mech = SqrtFactorisation(3, 2, 10.0)
     with pytest.raises(InputError, match=r"^counts: expected shape \(3,\)"):
         mech.release(np.ones(4, dtype=np.int64))
-    with pytest.raises(InputError, match="^counts: expected integers"):
+    with pytest.raises(InputError, match=r"^counts: expected integers"):
         mech.release(np.ones(3))
-    with pytest.raises(InputError, match="^counts: expected integers in"):
+    with pytest.raises(InputError, match=r"^counts: expected integers in"):
         mech.release(np.array([1, -1, 0]))
     mech.release(np.ones(3, dtype=np.int64))
     mech.release(np.ones(3, dtype=np.int64))
     with pytest.raises(InputError, match="calibrated for 2 releases"):
         mech.release(np.ones(3, dtype=np.int64))
-    with pytest.raises(InputError, match="^step"):
+    with pytest.raises(InputError, match=r"^step"):
         mech.noise_variance(3)

@@ -330,7 +330,9 @@ class _Base:
         self.sigma = _positive_float("sigma", sigma)
         self.steps = 0
         if noise is not None and not callable(noise):
-            raise InputError(f"noise: expected a callable (sigma, shape) -> int64 array, got {noise!r}")
+            raise InputError(
+                f"noise: expected a callable (sigma, shape) -> int64 array, got {noise!r}"
+            )
         # Another source only to replay recorded draws (tests); production draws from OpenDP.
         self._noise: NoiseSource = discrete_gaussian if noise is None else noise
 
@@ -455,7 +457,8 @@ class SummedEpochNoise(_Base):
         return self.latest()
 
     def latest(self) -> npt.NDArray[np.int64]:
-        return self._sum.copy()
+        out: npt.NDArray[np.int64] = self._sum.copy()
+        return out
 
     def noise_variance(self, step: int) -> float:
         return self._step_arg(step) * self.sigma**2
