@@ -88,7 +88,7 @@ def _rmse_ratio_bounds(expected_ratio: float, n: int) -> tuple[float, float]:
 def test_all_time_count_error_after_256_releases_is_at_most_3x_that_after_16(runs) -> None:
     """The chosen mechanism (square-root factorisation), each run calibrated for its own
     number of daily releases at the same ρ per 30 days: the RMSE of the all-time count after
-    256 releases is at most 3× that after 16 (analytically ≈ 1.3×)."""
+    256 releases is at most 3× that after 16 (analytically ≈ 1.46×)."""
     m16, e16 = runs["sqrt", 16]
     m256, e256 = runs["sqrt", 256]
     assert m16.rho(W) == pytest.approx(RHO, rel=1e-12)
