@@ -237,6 +237,8 @@ def test_calibration_spends_exactly_the_budget_left_after_the_census() -> None:
         assert cal.horizon == 35
         assert cal.rho_engagement == pytest.approx(rho - census)
         assert cal.mechanism(3).rho(W) == pytest.approx(rho - census, rel=1e-12)
+        scale = 2**PRECISION_BITS if kind == "sqrt" else 1
+        assert cal.sigma_counts == cal.sigma / scale
         assert cal.epsilon_window == pytest.approx(2.0, abs=1e-9)
         # 240 days are 8 windows; each offer once in a lifetime makes their ρ add up.
         assert cal.epsilon_history(240) == pytest.approx(epsilon_for_rho(8 * rho, 1e-6))
@@ -438,6 +440,8 @@ def test_a_state_of_another_kind_or_shape_is_refused() -> None:
     bad = dict(state, open=np.zeros((2, 4), dtype=np.int64))
     with pytest.raises(InputError, match="state: open"):
         TreeAggregation.from_state(bad)
+    with pytest.raises(InputError, match="state: cells must be a scalar"):
+        TreeAggregation.from_state(dict(state, cells=np.array(4.5)))
     with pytest.raises(InputError, match="state: missing"):
         TreeAggregation.from_state({"kind": np.array("tree")})
 

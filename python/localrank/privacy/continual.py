@@ -409,6 +409,12 @@ class _Base:
         kind = str(np.asarray(state["kind"]))
         if kind != cls.kind:
             raise InputError(f"state: expected kind {cls.kind!r}, got {kind!r}")
+        for key, dtype_kinds in (("cells", "iu"), ("horizon", "iu"), ("steps", "iu"),
+                                 ("sigma", "f")):
+            arr = np.asarray(state[key])
+            if arr.shape != () or arr.dtype.kind not in dtype_kinds:
+                raise InputError(f"state: {key} must be a scalar of kind {dtype_kinds!r}, got "
+                                 f"{arr.shape} {arr.dtype}")
         obj = cls(
             int(np.asarray(state["cells"])),
             int(np.asarray(state["horizon"])),
@@ -686,6 +692,11 @@ class Calibration:
     final_variance: float  # per cell, of the last release's all-time count
     mean_variance: float  # per cell, averaged over all releases
     delta: float
+
+    @property
+    def sigma_counts(self) -> float:
+        """The noise scale in counts (SqrtFactorisation's ``sigma`` is in ``C_s`` units)."""
+        return self.sigma / 2**PRECISION_BITS if self.kind == "sqrt" else self.sigma
 
     @property
     def epsilon_window(self) -> float:
