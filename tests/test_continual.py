@@ -85,6 +85,7 @@ def _rmse_ratio_bounds(expected_ratio: float, n: int) -> tuple[float, float]:
 # The issue's test: error growth of an all-time count at a fixed ρ per device per 30 days
 
 
+@pytest.mark.slow
 def test_all_time_count_error_after_256_releases_is_at_most_3x_that_after_16(runs) -> None:
     """The chosen mechanism (square-root factorisation), each run calibrated for its own
     number of daily releases at the same ρ per 30 days: the RMSE of the all-time count after
@@ -107,6 +108,7 @@ def test_all_time_count_error_after_256_releases_is_at_most_3x_that_after_16(run
     assert within <= 3.0
 
 
+@pytest.mark.slow
 def test_summing_per_epoch_noise_grows_4x_from_16_to_256_releases(runs) -> None:
     """Today's design at the same ρ: the per-step noise cannot shrink with the horizon (a
     device's reports hit one step each), so the error grows as √t: √(256/16) = 4."""
@@ -123,6 +125,7 @@ def test_summing_per_epoch_noise_grows_4x_from_16_to_256_releases(runs) -> None:
 # Bias and variance of every mechanism, at every release
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [("sqrt", 256), ("summed", 256), ("tree", 64)])
 def test_releases_are_unbiased_with_the_analytic_variance(runs, key) -> None:
     mech, errors = runs[key]
@@ -318,6 +321,7 @@ def _dg_pmf(sigma: float, radius: int) -> npt.NDArray[np.float64]:
     return w / w.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma", [0.6, 1.5, 4.0])
 def test_discrete_gaussian_has_the_exact_distribution(sigma) -> None:
     """χ² goodness of fit against the exact pmf ∝ exp(−z²/2σ²) (normaliser summed to 40σ),
@@ -415,6 +419,7 @@ def test_ten_then_restore_then_ten_equals_twenty_in_one_go(kind) -> None:
     assert tape.position == len(tape.draws)
 
 
+@pytest.mark.slow
 def test_a_resumed_mechanism_keeps_the_analytic_variance() -> None:
     """Resumed with fresh real noise after 10 of 20 releases: release 20 has the variance of
     an uninterrupted run (the stored noise enters, none is redrawn or lost)."""
