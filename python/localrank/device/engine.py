@@ -26,7 +26,7 @@ import numpy as np
 from localrank.bundle import Bundle, open_bundle
 from localrank.bundle.keys import PublicKeyLike, load_public_key
 from localrank.bundle.trust import KeyTrust
-from localrank.device.events import RETENTION_S, EventLog, EventRecord
+from localrank.device.events import RETENTION_S, EventLog, EventRecord, NewEvent
 from localrank.device.profile import Profile, ProfileSync
 from localrank.device.ranking import (
     Recommendation,
@@ -45,8 +45,8 @@ from localrank.device.settings import Settings
 from localrank.device.store import Store
 from localrank.errors import BundleError, InputError, LocalrankError
 from localrank.shared.clock import Clock, SystemClock, resolve_now
-from localrank.shared.geo import Location, round_location, validate_location
-from localrank.shared.policy import EVENT_KINDS, EVENT_SIGNAL, Policy
+from localrank.shared.geo import Location, validate_location
+from localrank.shared.policy import EVENT_SIGNAL, Policy
 
 __all__ = [
     "RETENTION_S",
@@ -61,10 +61,6 @@ __all__ = [
 #: An event may be at most this far ahead of the engine's clock (clock skew between an app and
 #: the engine), never more.
 FUTURE_SKEW_S = 300
-#: The largest event strength: a weight relative to the default 1, never enough to swamp (or
-#: overflow) the profile.
-MAX_STRENGTH = 100.0
-OFFER_EVENTS = ("impression", "click", "purchase", "dismiss")
 
 
 class Engine:
@@ -299,52 +295,14 @@ class Engine:
             strength: a weight in [0, 100] (default 1).
             now: the event's time (default: the engine's clock); never in the future.
         """
-        if kind not in EVENT_KINDS:
-            raise InputError(f"kind: expected one of {list(EVENT_KINDS)}, got {kind!r}")
+        NewEvent.check_kind(kind)
         self._context_id(context)
         t = self._now(now)
         self._settings = self._read_settings()
         b = self.bundle
-        cats: list[str] = []
-        if kind in OFFER_EVENTS and offer is None:
-            raise InputError(f"offer: a {kind!r} event needs the offer it is about")
-        if offer is not None:
-            row = b.catalog.index_of(offer) if isinstance(offer, str) else -1
-            if row < 0:
-                raise InputError(f"offer: expected an offer id from the catalog, got {offer!r}")
-            cats = [b.taxonomy.names[c] for c in b.catalog.categories_of(row)]
-        if category is not None:
-            if not isinstance(category, str):
-                raise InputError(f"category: expected a category name, got {category!r}")
-            b.taxonomy.index(category)
-            if category not in cats:
-                cats.append(category)
-        if kind in ("view", "app_use") and not cats:
-            raise InputError(f"offer/category: a {kind!r} event needs an offer or a category")
-        loc = round_location(validate_location(location)) if location is not None else None
-        if kind == "visit" and loc is None:
-            raise InputError("location: a 'visit' event needs the place visited")
-        if (
-            not isinstance(strength, (int, float))
-            or isinstance(strength, bool)
-            or not math.isfinite(strength)
-            or not 0 <= strength <= MAX_STRENGTH
-        ):
-            raise InputError(
-                f"strength: expected a number in [0, {MAX_STRENGTH:g}], got {strength!r}"
-            )
+        event = NewEvent.validated(b, kind, context, offer, category, location, strength, t)
         with self._store.transaction() as db:
-            event_id = EventLog.add(
-                db,
-                kind=kind,
-                context=context,
-                offer=offer,
-                category=category,
-                location=loc,
-                strength=float(strength),
-                t=t,
-                categories=cats,
-            )
+            event_id = EventLog.add(db, event)
             self._reporter.on_record(db, event_id, kind, offer, t, b, self._settings)
         return event_id
 

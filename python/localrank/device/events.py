@@ -8,15 +8,27 @@ user forgets them.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from localrank.bundle import Bundle
 from localrank.device.store import Store
-from localrank.shared.geo import region_of
+from localrank.errors import InputError
+from localrank.shared.geo import Location, region_of, round_location, validate_location
+from localrank.shared.policy import EVENT_KINDS
 
-__all__ = ["RETENTION_S", "EventLog", "EventRecord", "StoredEvent"]
+__all__ = [
+    "MAX_STRENGTH",
+    "OFFER_EVENTS",
+    "RETENTION_S",
+    "EventLog",
+    "EventRecord",
+    "NewEvent",
+    "StoredEvent",
+]
 
 #: Events older than this are deleted (90 days): long enough for seasonal interests, short
 #: enough that the device does not keep a lifelong diary.
@@ -26,6 +38,76 @@ _RECORD_COLUMNS = "e.id, e.kind, e.context, e.offer, e.category, e.t, e.strength
 
 #: ``(id, kind, t, strength, offer, categories joined by U+001F)``: what the profile folds in.
 StoredEvent = tuple[int, str, float, float, "str | None", "str | None"]
+
+
+#: The largest event strength: a weight relative to the default 1, never enough to swamp (or
+#: overflow) the profile.
+MAX_STRENGTH = 100.0
+#: The kinds of event that are about one offer, and must name it.
+OFFER_EVENTS = ("impression", "click", "purchase", "dismiss")
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One event an app records, checked against the installed bundle."""
+
+    kind: str
+    context: str
+    offer: str | None
+    category: str | None
+    location: tuple[float, float] | None  # rounded to about 1 km
+    strength: float
+    t: float
+    categories: tuple[str, ...]  # the offer's categories and ``category``
+
+    @staticmethod
+    def check_kind(kind: object) -> None:
+        if kind not in EVENT_KINDS:
+            raise InputError(f"kind: expected one of {list(EVENT_KINDS)}, got {kind!r}")
+
+    @classmethod
+    def validated(
+        cls,
+        bundle: Bundle,
+        kind: str,
+        context: str,
+        offer: str | None,
+        category: str | None,
+        location: Location | None,
+        strength: float,
+        t: float,
+    ) -> NewEvent:
+        """The event, or an :class:`~localrank.errors.InputError` naming the bad argument."""
+        cls.check_kind(kind)
+        cats: list[str] = []
+        if kind in OFFER_EVENTS and offer is None:
+            raise InputError(f"offer: a {kind!r} event needs the offer it is about")
+        if offer is not None:
+            row = bundle.catalog.index_of(offer) if isinstance(offer, str) else -1
+            if row < 0:
+                raise InputError(f"offer: expected an offer id from the catalog, got {offer!r}")
+            cats = [bundle.taxonomy.names[c] for c in bundle.catalog.categories_of(row)]
+        if category is not None:
+            if not isinstance(category, str):
+                raise InputError(f"category: expected a category name, got {category!r}")
+            bundle.taxonomy.index(category)
+            if category not in cats:
+                cats.append(category)
+        if kind in ("view", "app_use") and not cats:
+            raise InputError(f"offer/category: a {kind!r} event needs an offer or a category")
+        loc = round_location(validate_location(location)) if location is not None else None
+        if kind == "visit" and loc is None:
+            raise InputError("location: a 'visit' event needs the place visited")
+        if (
+            not isinstance(strength, (int, float))
+            or isinstance(strength, bool)
+            or not math.isfinite(strength)
+            or not 0 <= strength <= MAX_STRENGTH
+        ):
+            raise InputError(
+                f"strength: expected a number in [0, {MAX_STRENGTH:g}], got {strength!r}"
+            )
+        return cls(kind, context, offer, category, loc, float(strength), t, tuple(cats))
 
 
 @dataclass(frozen=True)
@@ -57,38 +139,28 @@ class EventLog:
         self._store = store
 
     @staticmethod
-    def add(
-        db: sqlite3.Connection,
-        *,
-        kind: str,
-        context: str,
-        offer: str | None,
-        category: str | None,
-        location: tuple[float, float] | None,
-        strength: float,
-        t: float,
-        categories: Sequence[str],
-    ) -> int:
-        """Insert one event (already validated, its location already rounded); its id."""
+    def add(db: sqlite3.Connection, e: NewEvent) -> int:
+        """Insert one validated event; its id."""
+        loc = e.location
         cur = db.execute(
             "INSERT INTO events (kind, context, offer, category, lat, lon, region, strength, t) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                kind,
-                context,
-                offer,
-                category,
-                location[0] if location else None,
-                location[1] if location else None,
-                region_of(location) if location else None,
-                float(strength),
-                t,
+                e.kind,
+                e.context,
+                e.offer,
+                e.category,
+                loc[0] if loc else None,
+                loc[1] if loc else None,
+                region_of(loc) if loc else None,
+                e.strength,
+                e.t,
             ),
         )
         event_id = int(cur.lastrowid or 0)
         db.executemany(
             "INSERT INTO event_categories (event_id, category) VALUES (?, ?)",
-            [(event_id, c) for c in categories],
+            [(event_id, c) for c in e.categories],
         )
         return event_id
 
