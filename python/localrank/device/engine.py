@@ -14,7 +14,6 @@ kernel) → top-k + reasons; :mod:`~localrank.device.reports` makes what leaves 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -23,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from localrank.bundle import Bundle, open_bundle
+from localrank.bundle import Bundle
 from localrank.bundle.keys import PublicKeyLike, load_public_key
-from localrank.bundle.trust import KeyTrust
 from localrank.device.events import RETENTION_S, EventLog, EventRecord, NewEvent
+from localrank.device.installed_bundle import InstalledBundle
 from localrank.device.profile import Profile, ProfileSync
 from localrank.device.ranking import (
     Recommendation,
@@ -43,7 +42,7 @@ from localrank.device.reports.outbox import Outbox
 from localrank.device.segmentation import Segmentation, SegmentInfo
 from localrank.device.settings import Settings
 from localrank.device.store import Store
-from localrank.errors import BundleError, InputError, LocalrankError
+from localrank.errors import InputError, LocalrankError
 from localrank.shared.clock import Clock, SystemClock, resolve_now
 from localrank.shared.geo import Location, validate_location
 from localrank.shared.policy import EVENT_SIGNAL, Policy
@@ -71,24 +70,14 @@ class Engine:
     ) -> None:
         self._store = store
         self._clock = clock
-        self._trust = self._read_trust(load_public_key(public_key))
+        self._installed = InstalledBundle(store, load_public_key(public_key))
         self._events = EventLog(store)
         self._profiles = ProfileSync(store, self._events, tuning.rules)
         self._segmentation = Segmentation(store, self._events)
         self._reporter = Reporter(store)
         self._tuning = tuning
-        self._bundle: Bundle | None = None
         self.last_report_stops: list[str] = []
         self._settings = self._read_settings()
-        stored = store.installed_bundle()
-        self._stored_version: int | None = stored[1] if stored else None
-        if stored:
-            # The stored bundle was verified when installed; verify again (the file may have
-            # been tampered with) but allow an expired one to keep serving as the last good.
-            # One that no longer verifies (a new server key) is not used, but must not lock
-            # the user out of their store: load_bundle() installs a fresh one, no older.
-            with contextlib.suppress(BundleError):
-                self._bundle = open_bundle(stored[0], self._trust.installed_keys(), now=-math.inf)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -161,38 +150,19 @@ class Engine:
             data = bytes(source)
         else:
             raise InputError(f"source: expected bytes or a path, got {type(source).__name__}")
-        t = self._now(now)
-        current = self._bundle.version if self._bundle else self._stored_version
-        bundle = open_bundle(data, self._trust.bundle_keys(t), now=t, current_version=current)
-        if self._bundle is not None and bundle.digest == self._bundle.digest:
-            return self._bundle
-        with self._store.transaction() as db:
-            Store.put_bundle(db, bundle.version, bundle.digest, data)
-        self._bundle = bundle  # the profile rebuilds itself for a new bundle
-        return bundle
+        return self._installed.install(data, self._now(now))
 
     @property
     def bundle(self) -> Bundle:
         """The bundle in use."""
-        if self._bundle is None:
+        if self._installed.bundle is None:
             raise LocalrankError("engine: no bundle loaded yet; call load_bundle() first")
-        return self._bundle
-
-    def _read_trust(self, configured: Any) -> KeyTrust:
-        """The stored key chain if it knows the configured key (the app may ship the root or a
-        key the chain introduced since); otherwise the configured key is a new root."""
-        stored = self._store.setting("key_trust")
-        if stored is not None:
-            with contextlib.suppress(LocalrankError, ValueError, KeyError, TypeError):
-                trust = KeyTrust.from_json(stored)
-                if trust.knows(configured):
-                    return trust
-        return KeyTrust(configured)
+        return self._installed.bundle
 
     @property
     def trusted_key(self) -> Any:
         """The public key new bundles must be signed with (after any key transitions)."""
-        return self._trust.current
+        return self._installed.trust.current
 
     def apply_key_statements(self, statements: Sequence[object]) -> int:
         """Apply the server's key chain (``GET /v1/keys``; see :mod:`localrank.bundle.trust`):
@@ -204,16 +174,7 @@ class Engine:
             KeyStatementError: a statement was forged, out of order, or a fork of one applied
                 before; the statements before it stay applied.
         """
-        trial = KeyTrust.from_json(self._trust.to_json())
-        try:
-            new = trial.apply(statements)
-        finally:
-            # keep whatever prefix was valid, as apply() does
-            if trial.sequence != self._trust.sequence:
-                with self._store.transaction() as db:
-                    Store.put_setting(db, "key_trust", trial.to_json())
-                self._trust = trial
-        return new
+        return self._installed.apply_key_statements(statements)
 
     # -- settings ------------------------------------------------------------------------------
 
@@ -436,7 +397,7 @@ class Engine:
             "events": [e.__dict__ for e in self.events()],
             "snoozes": self._store.snoozes(),
             "bundle": {"version": self.bundle.version, "digest": self.bundle.digest}
-            if self._bundle
+            if self._installed.bundle
             else None,
             "privacy_ledger": [e.__dict__ for e in self.privacy_ledger()],
             "outbox": [r.__dict__ for r in self.outbox(include_pending=True)],
