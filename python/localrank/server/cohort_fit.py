@@ -444,18 +444,25 @@ def fit_offer_factors(
 def merge_small(
     centroids: object,
     sizes: object,
-    lower_bounds: object,
+    variances: object,
     *,
     min_population: int,
+    z: float = 1.96,
+    margin: float = 0.0,
 ) -> list[tuple[int, ...]]:
-    """Groups of row indices such that every group's summed lower bound is ≥
-    ``min_population``: repeatedly, the smallest group below it (ties: lowest index) joins the
-    group whose centroid is nearest in direction (ties: lowest index). A group's centroid is the
-    size-weighted mean of its rows' centroids, which is the fold-in of the summed row.
+    """Groups of row indices such that every group's population lower bound,
+    ``Σ sizes − z·√(Σ variances) − margin``, is ≥ ``min_population``. Repeatedly, the group
+    with the smallest lower bound below it (ties: lowest index) joins the group whose centroid
+    is nearest in direction (ties: lowest index). A group's centroid is the size-weighted mean
+    of its rows' centroids, which is the fold-in of the summed row.
 
-    Summing lower bounds is conservative: the sum of 95% lower bounds lies below the 95% lower
-    bound of the sum. When all rows together fall short, there is no group (every device
-    stays at the root).
+    The bound of a sum is computed from the summed variances, not by adding the rows' lower
+    bounds: that would subtract ``z·sd`` once per row, and with 190 rows under GRR at ε = 2 no
+    merge could ever clear the threshold. Census estimates of different values are negatively
+    correlated (each report counts once), so the summed variance over-states the sum's
+    variance: the bound stays conservative. ``margin`` is what forged reports may add
+    (``docs/privacy-math.md``). When all rows together fall short there is no group (every
+    device stays at the root).
 
     Raises:
         InputError: naming the argument.
@@ -464,22 +471,34 @@ def merge_small(
     n = _array(sizes, "sizes", 1)
     if n.shape != (Cf.shape[0],):
         raise InputError(f"sizes: expected one per centroid ({Cf.shape[0]}), got {n.shape}")
-    lb = _lower_bounds(lower_bounds, Cf.shape[0])
+    var = _array(variances, "variances", 1)
+    if var.shape != n.shape or np.any(var < 0):
+        raise InputError(f"variances: expected {n.size} values ≥ 0, got shape {var.shape}")
     _integer(min_population, "min_population", 1)
-    if Cf.shape[0] == 0 or lb.sum() < min_population:
+    if not (math.isfinite(z) and z >= 0):
+        raise InputError(f"z: expected a number ≥ 0, got {z!r}")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise InputError(f"margin: expected a number ≥ 0, got {margin!r}")
+
+    def lower(est: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out: np.ndarray = est - z * np.sqrt(v) - margin
+        return out
+
+    if Cf.shape[0] == 0 or lower(n.sum(keepdims=True), var.sum(keepdims=True))[0] < min_population:
         return []
     groups: list[list[int]] = [[c] for c in range(Cf.shape[0])]
     w = np.clip(n, 0, None)
     mass = w[:, None] * Cf  # Σ n_c·centroid_c per group
     weight = w.copy()
-    low = lb.copy()
+    est = n.copy()
+    v = var.copy()
     alive = np.ones(Cf.shape[0], dtype=bool)
     while True:
         idx = np.flatnonzero(alive)
-        small = idx[low[idx] < min_population]
-        if small.size == 0 or idx.size == 1:
+        low = lower(est[idx], v[idx])
+        if idx.size == 1 or low.min() >= min_population:
             break
-        g = int(small[np.argmin(low[small])])  # argmin: the first of equal minima
+        g = int(idx[np.argmin(low)])  # argmin: the first of equal minima
         others = idx[idx != g]
         cents = mass[others] / np.where(weight[others] > 0, weight[others], 1.0)[:, None]
         mine = mass[g] / (weight[g] if weight[g] > 0 else 1.0)
@@ -493,7 +512,8 @@ def merge_small(
         groups[h] += groups[g]
         mass[h] += mass[g]
         weight[h] += weight[g]
-        low[h] += low[g]
+        est[h] += est[g]
+        v[h] += v[g]
         alive[g] = False
     return sorted(tuple(sorted(groups[g])) for g in np.flatnonzero(alive))
 
@@ -709,11 +729,12 @@ def cohort_round(
     previous: CohortPayload,
     counts: object,
     sizes: object,
-    lower_bounds: object,
+    variances: object,
     *,
     n_devices: float,
     id_range: tuple[int, int],
     settings: CohortSettings | None = None,
+    margin: float = 0.0,
 ) -> CohortRound:
     """One round: the previous bundle's payload plus this round's rows (in ``previous.ids``
     order) give the next payload.
@@ -722,9 +743,10 @@ def cohort_round(
         previous: the payload the devices used when they reported these rows.
         counts: float ``[C, offers]``, each cohort's de-biased engagement per offer.
         sizes: float ``[C]``, each cohort's estimated population (rates divide by it).
-        lower_bounds: float ``[C]``, the lower end of each population's 95% interval (the
-            thresholds use it, as for every segment).
+        variances: float ``[C]``, each estimate's variance: a population's lower bound is
+            ``size − 1.96·√variance − margin``, as for every segment (:func:`merge_small`).
         n_devices: the fleet's estimated size (the census' total).
+        margin: what forged census reports may add to a population.
 
     Raises:
         InputError: naming the argument.
@@ -732,7 +754,9 @@ def cohort_round(
     s = settings or CohortSettings()
     ids_range = _id_range(id_range)
     R, n = _rows(counts, sizes)
-    lb = _lower_bounds(lower_bounds, R.shape[0])
+    var = _array(variances, "variances", 1)
+    if var.shape != (R.shape[0],):
+        raise InputError(f"variances: expected one per counts row ({R.shape[0]}), got {var.shape}")
     V_prev = previous.factors.astype(np.float64)
     if R.shape != (previous.ids.size, V_prev.shape[0]):
         raise InputError(
@@ -744,11 +768,12 @@ def cohort_round(
             f"settings: factors = {s.factors}, but the previous payload has {V_prev.shape[1]}"
         )
     row_centroids = centroid_update(V_prev, R, n, regularization=s.regularization)
-    groups = merge_small(row_centroids, n, lb, min_population=s.min_population)
+    groups = merge_small(row_centroids, n, var, min_population=s.min_population, margin=margin)
     merged_ids = [tuple(int(previous.ids[g]) for g in grp) for grp in groups if len(grp) > 1]
     Rm = np.array([R[list(g)].sum(axis=0) for g in groups]).reshape(-1, R.shape[1])
     nm = np.array([n[list(g)].sum() for g in groups])
-    lbm = np.array([lb[list(g)].sum() for g in groups])
+    lbm = np.array([n[list(g)].sum() - 1.96 * math.sqrt(var[list(g)].sum()) for g in groups])
+    lbm = lbm - margin
     if not groups:  # too few devices for one cohort: keep V, publish none
         payload = CohortPayload.build(
             dict(previous.encoded), np.zeros((0, s.factors)), np.zeros(0, np.int64),
@@ -777,8 +802,12 @@ def cohort_round(
     split_ids = sorted(
         {int(previous.ids[groups[p][0]]) for p in parent[provisional].tolist()}
     )
+    # The previous cohorts' tastes, measured with this round's factors: the fold-ins of the
+    # rows their members reported. Both sides then live in one basis, so "nearest" means the
+    # same taste even when V changed completely (round 0's content factors to learned ones).
+    previous_centroids = centroid_update(V_hat, R, n, regularization=s.regularization)
     ids = match_ids(
-        np.einsum("if,cf->ic", V_prev, previous.centroids.astype(np.float64)),
+        np.einsum("if,cf->ic", V_hat, previous_centroids),
         previous.ids,
         np.einsum("if,cf->ic", V_hat, centroids),
         id_range=(ids_range.start, ids_range.stop),
