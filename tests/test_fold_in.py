@@ -74,7 +74,7 @@ def test_fold_in_of_no_history_is_zero_and_an_offer_twice_counts_twice() -> None
     ],
 )
 def test_fold_in_refuses_bad_input_naming_the_argument(args: tuple, named: str) -> None:
-    with pytest.raises(InputError, match=f"^{named}: expected"):
+    with pytest.raises(InputError, match=rf"^{named}: expected"):
         fold_in(*args)
 
 
@@ -117,5 +117,5 @@ def test_nearest_cohort_of_nothing_is_none() -> None:
     ],
 )
 def test_nearest_cohort_refuses_bad_input_naming_the_argument(args: tuple, named: str) -> None:
-    with pytest.raises(InputError, match=f"^{named}: expected"):
+    with pytest.raises(InputError, match=rf"^{named}: expected"):
         nearest_cohort(*args)
