@@ -145,6 +145,7 @@ class Stage:
     label: str
     cohorts: int
     moved: float  # share of devices whose cohort id changed since the previous round
+    memos: float  # mean distinct cohort ids a device has held so far: permanent memos spent
     by_beta: dict[float, Quality]
 
 
@@ -169,6 +170,7 @@ def run(
     stages: list[Stage] = []
     pop = np.zeros(split.n_items)
     prev_ids: np.ndarray | None = None
+    held: list[set[int]] = [set() for _ in items]
     for r in range(rounds + 1):
         U = fold_ins(payload, items)
         cohort = assign(payload, U)
@@ -176,12 +178,16 @@ def run(
         ids_now[cohort >= 0] = payload.ids[cohort[cohort >= 0]]
         moved = float(np.mean(ids_now != prev_ids)) if prev_ids is not None else float("nan")
         prev_ids = ids_now
+        for d, c in enumerate(ids_now.tolist()):
+            if c >= 0:
+                held[d].add(c)
         if r > 0 or not stages:
             stages.append(
                 Stage(
                     "content" if r == 0 else f"round {r}",
                     int(payload.ids.size),
                     moved,
+                    float(np.mean([len(h) for h in held])),
                     {
                         b: quality(rank(payload, U, pop, b, items), relevant, split.n_items)
                         for b in betas
@@ -265,14 +271,15 @@ def main() -> None:
     ):
         stages = run(split, genres, len(data.genres), design, args.rounds, [beta])
         print(f"\n{label}:")
-        print("| stage | cohorts | moved | NDCG@10 | / ALS | HR@10 | coverage |")
-        print("|---|---|---|---|---|---|---|")
+        print("| stage | cohorts | moved | memos | NDCG@10 | / ALS | HR@10 | coverage |")
+        print("|---|---|---|---|---|---|---|---|")
         rows = []
         for st in stages:
             q = st.by_beta[beta]
-            print(f"| {st.label} | {st.cohorts} | {st.moved:.0%} | {q.ndcg:.4f} | "
+            print(f"| {st.label} | {st.cohorts} | {st.moved:.0%} | {st.memos:.2f} | {q.ndcg:.4f} | "
                   f"{q.ndcg / als_test.ndcg:.0%} | {q.hr:.4f} | {q.coverage:.3f} |")  # fmt: skip
             rows.append({"stage": st.label, "cohorts": st.cohorts, "moved": st.moved,
+                         "memos": st.memos,
                          **q.as_dict(), "share_of_als": q.ndcg / als_test.ndcg})  # fmt: skip
         results["runs"][label] = rows  # type: ignore[index]
     print(f"\n[{time.monotonic() - t0:.0f} s]")

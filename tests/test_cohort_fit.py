@@ -332,6 +332,30 @@ def test_no_published_cohort_is_below_min_population() -> None:
         assert np.all(m.populations[m.provisional] * 2 >= s.split_at * 40)
 
 
+def test_earlier_rounds_rows_join_the_fit_and_nothing_else() -> None:
+    """Rows of earlier cohorts in the window are further pseudo-users of the ALS: the round's V
+    is the fit on the stacked rows; the cohorts themselves come from this round's rows."""
+    s = CohortSettings(factors=8, min_population=30, encoding="float32")
+    X, _, cats, _ = planted_fleet(12, 4, 240)
+    p = rounds_on(X, cats, s, 1)[-1].model.payload
+    R, n = observe(p, X)
+    rng = np.random.default_rng(1)
+    Re, ne = rng.poisson(3.0, (3, R.shape[1])).astype(float), np.array([60.0, 70.0, 80.0])
+    kw = {"n_devices": 240, "id_range": ID_RANGE, "settings": s}
+    plain = cohort_round(p, R, n, np.zeros(n.size), **kw)
+    more = cohort_round(p, R, n, np.zeros(n.size), earlier_counts=Re, earlier_sizes=ne, **kw)
+    assert not np.array_equal(plain.model.payload.factors, more.model.payload.factors)
+    groups = merge_small(centroid_update(p.factors, R, n, regularization=1.0), n,
+                         np.zeros(n.size), min_population=30)  # fmt: skip
+    Rm = np.array([R[list(g)].sum(axis=0) for g in groups])
+    nm = np.array([n[list(g)].sum() for g in groups])
+    stacked = fit_offer_factors(np.vstack([Rm, Re]), np.concatenate([nm, ne]),
+                                p.factors.astype(np.float64), settings=s)  # fmt: skip
+    np.testing.assert_array_equal(more.model.payload.factors, stacked.V.astype(np.float32))
+    with pytest.raises(InputError, match=r"^earlier_counts: "):
+        cohort_round(p, R, n, np.zeros(n.size), earlier_counts=Re[:, :5], earlier_sizes=ne, **kw)
+
+
 def test_a_fleet_too_small_for_one_cohort_publishes_none() -> None:
     s = CohortSettings(factors=8, min_population=50)
     X, _, cats, _ = planted_fleet(6, 3, 40)

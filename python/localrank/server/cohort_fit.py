@@ -25,9 +25,11 @@ letting devices re-pick the nearest is one k-means step per round.
 ``min_population`` into its nearest neighbour (the merged row is the sum of the rows); fit ``V``;
 recompute the centroids; split the largest cohorts while there are fewer than
 ``n_devices / (1.5·min_population)``; give every centroid the previous round's id of the most
-similar previous centroid (greedy on the cosine of their predicted offer rates ``V·c``, which
-does not depend on ``V``'s basis), so an id keeps "about the same taste" and devices do not
-spend a fresh permanent-response memo every round.
+similar previous cohort (:func:`match_ids`: greedy on the cosine of predicted offer rates
+``V·c``, where a previous cohort's ``c`` is the fold-in of the row its members just reported,
+under this round's ``V``, so both sides share one basis even when ``V`` changed completely), so
+an id keeps "about the same taste" and devices do not spend a fresh permanent-response memo
+every round.
 
 **Round 0** (:func:`initial_model`): before any aggregate, ``V`` and the cohorts come from
 public content, the catalog's categories.
@@ -735,6 +737,8 @@ def cohort_round(
     id_range: tuple[int, int],
     settings: CohortSettings | None = None,
     margin: float = 0.0,
+    earlier_counts: object | None = None,
+    earlier_sizes: object | None = None,
 ) -> CohortRound:
     """One round: the previous bundle's payload plus this round's rows (in ``previous.ids``
     order) give the next payload.
@@ -747,6 +751,11 @@ def cohort_round(
             ``size − 1.96·√variance − margin``, as for every segment (:func:`merge_small`).
         n_devices: the fleet's estimated size (the census' total).
         margin: what forged census reports may add to a population.
+        earlier_counts: float ``[E, offers]``, optional: rows of earlier rounds' cohorts that
+            are still in the aggregation window. Each was published with ≥ min_population; a
+            different partition of the same fleet shows more co-engagement, so they join the
+            ALS fit as further pseudo-users (not the centroids, merging or ids).
+        earlier_sizes: float ``[E]``, their populations.
 
     Raises:
         InputError: naming the argument.
@@ -780,7 +789,13 @@ def cohort_round(
             regularization=s.regularization,
         )  # fmt: skip
         return CohortRound(CohortModel(payload, np.zeros(0), np.zeros(0, bool)), [], [], ())
-    fit = fit_offer_factors(Rm, nm, V_prev, settings=s)
+    R_fit, n_fit = Rm, nm
+    if earlier_counts is not None or earlier_sizes is not None:
+        Re, ne = _rows(earlier_counts, earlier_sizes)
+        if Re.shape[1] != R.shape[1]:
+            raise InputError(f"earlier_counts: expected [E, {R.shape[1]}], got {Re.shape}")
+        R_fit, n_fit = np.vstack([Rm, Re]), np.concatenate([nm, ne])
+    fit = fit_offer_factors(R_fit, n_fit, V_prev, settings=s)
     encoded = encode_factors(fit.V, s.encoding)
     V_hat = decode_factors(encoded).astype(np.float64)
     centroids = centroid_update(V_hat, Rm, nm, regularization=s.regularization)
