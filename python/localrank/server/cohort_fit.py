@@ -84,6 +84,8 @@ __all__ = [
 ]
 
 COHORT_FIT_METHOD = "cohort-als-1"
+#: The 95% interval's half-width in standard deviations, as for every segment's population.
+_Z95 = 1.96
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,17 @@ class CohortSettings:
         for name in ("regularization", "offer_regularization", "per_cohort", "split_step"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name, "a number > 0")
-        need(math.isfinite(self.alpha) and self.alpha >= 0, "alpha", "a number ≥ 0")
-        need(math.isfinite(self.split_at) and self.split_at >= 2, "split_at", "a number ≥ 2")
-        need(-1 <= self.min_similarity <= 1, "min_similarity", "a number in [-1, 1]")
+        def number(name: str) -> bool:
+            v = getattr(self, name)
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(number("alpha") and self.alpha >= 0, "alpha", "a number ≥ 0")
+        need(number("split_at") and self.split_at >= 2, "split_at", "a number ≥ 2")
+        need(
+            number("min_similarity") and -1 <= self.min_similarity <= 1,
+            "min_similarity",
+            "a number in [-1, 1]",
+        )
         need(self.encoding in FACTOR_ENCODINGS, "encoding", f"one of {FACTOR_ENCODINGS}")
 
 
@@ -449,7 +459,7 @@ def merge_small(
     variances: object,
     *,
     min_population: int,
-    z: float = 1.96,
+    z: float = _Z95,
     margin: float = 0.0,
 ) -> list[tuple[int, ...]]:
     """Groups of row indices such that every group's population lower bound,
@@ -781,7 +791,7 @@ def cohort_round(
     merged_ids = [tuple(int(previous.ids[g]) for g in grp) for grp in groups if len(grp) > 1]
     Rm = np.array([R[list(g)].sum(axis=0) for g in groups]).reshape(-1, R.shape[1])
     nm = np.array([n[list(g)].sum() for g in groups])
-    lbm = np.array([n[list(g)].sum() - 1.96 * math.sqrt(var[list(g)].sum()) for g in groups])
+    lbm = np.array([n[list(g)].sum() - _Z95 * math.sqrt(var[list(g)].sum()) for g in groups])
     lbm = lbm - margin
     if not groups:  # too few devices for one cohort: keep V, publish none
         payload = CohortPayload.build(
