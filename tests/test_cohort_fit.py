@@ -476,3 +476,12 @@ def test_the_fit_refuses_bad_input_naming_the_argument() -> None:
         merge_small(np.ones((2, 3)), [1, 1], [-1, 0], min_population=1)
     with pytest.raises(InputError, match=r"^regularization: "):
         centroid_update(np.ones((3, 2)), np.ones((1, 3)), [1], regularization=0)
+
+
+def test_fit_provenance_names_the_method_and_the_libraries() -> None:
+    from localrank.server.cohort_fit import COHORT_FIT_METHOD, fit_provenance
+
+    p = fit_provenance()
+    assert p["method"] == COHORT_FIT_METHOD
+    assert p["numpy"] == np.__version__
+    assert p["blas"] and p["blas"] != "unknown"  # this machine's numpy reports its BLAS
