@@ -37,13 +37,13 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
-
-from localrank.cohort_payload import CohortPayload
-from localrank.device.fold_in import fold_in, nearest_cohort
 from localrank.evaluation.als import als_rankings, tune_als
 from localrank.evaluation.metrics import Quality, quality
 from localrank.evaluation.split import Split, temporal_split
 from localrank.movielens import load_movielens_100k
+
+from localrank.bundle.cohorts import CohortPayload
+from localrank.device.fold_in import fold_in, nearest_cohort
 from localrank.server.cohort_fit import CohortSettings, cohort_round, initial_model
 
 ID_RANGE = (10_000, 12_000)  # any reserved range of the segment domain

@@ -1,5 +1,5 @@
 """The server's cohort fit (localrank.server.cohort_fit) and the cohort payload
-(localrank.cohort_payload): ALS against a slow reference, the centroid identity, merging,
+(localrank.bundle.cohorts): ALS against a slow reference, the centroid identity, merging,
 splitting, stable ids, determinism and the bundle budget.
 
 The planted fleets below are drawn from fixed seeds: they are inputs, not the code under test,
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from localrank.cohort_payload import CohortPayload, encode_payload, gram_inverse
+from localrank.bundle.cohorts import CohortPayload, encode_payload, gram_inverse
 from localrank.device.fold_in import fold_in, nearest_cohort
 from localrank.errors import InputError
 from localrank.server.cohort_fit import (

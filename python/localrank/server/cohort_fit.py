@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from localrank.cohort_payload import (
+from localrank.bundle.cohorts import (
     FACTOR_ENCODINGS,
     CohortPayload,
     FactorEncoding,
