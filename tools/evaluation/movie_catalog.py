@@ -63,12 +63,19 @@ def movielens_catalog(data: MovieLens100K, d: int) -> Catalog:
 #: ``min_population``, which at d_seg = 3,782 (OUE) takes on the order of 10⁵ devices. At
 #: depth 1 (the top genre, 20 segments, GRR) the large genres publish with ~10³ devices.
 SEGMENT_DEPTH = 1
+#: Learned interest cohorts replace the genre segments: round 0 is one cohort per genre, later
+#: rounds learn them from what the fleet reports. 24 slots hold the 19 genres of round 0 and
+#: the ~n/(1.5·k) cohorts the fleet supports at k ≥ 26; the genre paths leave the LDP domain
+#: (depth 0), which keeps d_seg = 25, near the genre segments' 20.
+COHORT_SLOTS = 24
 
 
 def movielens_config(d: int = 32, **overrides: object) -> BundleConfig:
-    """The product's default config for the MovieLens catalog, at :data:`SEGMENT_DEPTH`, with
+    """The product's default config for the MovieLens catalog, with learned cohorts, with
     ``overrides``."""
-    base = BundleConfig(d=d, contexts=DEMO_CONTEXTS, regions=REGIONS, segment_depth=SEGMENT_DEPTH)
+    base = BundleConfig(
+        d=d, contexts=DEMO_CONTEXTS, regions=REGIONS, segment_depth=0, cohort_slots=COHORT_SLOTS
+    )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from localrank.bundle import build_bundle, generate_keypair
 from localrank.device.engine import Tuning
+from localrank.server.cohorts import round_zero
 from tools.evaluation.als import als_rankings, tune_als
 from tools.evaluation.ceilings import popularity_rankings, segment_popularity_rankings
 from tools.evaluation.fleet import Fleet, build_fleet, recommend_all, run_reports
@@ -81,10 +82,12 @@ class Workspace:
 
 
 def _bundle(ws: Workspace, cell: Cell) -> bytes:
+    catalog, taxonomy, config = movielens_catalog(ws.data, D), movielens_taxonomy(), cell.config(D)
     return build_bundle(
-        catalog=movielens_catalog(ws.data, D),
-        taxonomy=movielens_taxonomy(),
-        config=cell.config(D),
+        catalog=catalog,
+        taxonomy=taxonomy,
+        config=config,
+        cohorts=round_zero(catalog, taxonomy, config) if config.cohort_slots else None,
         version=1,
         created=float(ws.data.ratings.timestamp.min()) - 86400,
         expires=float(ws.data.ratings.timestamp.max()) + 400 * 86400,

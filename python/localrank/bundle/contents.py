@@ -9,12 +9,13 @@ import math
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from localrank.bundle.cohorts import CohortPayload
 from localrank.bundle.container import FORMAT_VERSION, seal, unseal
 from localrank.bundle.keys import PublicKeyLike, load_private_key, load_public_key
 from localrank.errors import (
@@ -68,6 +69,8 @@ class BundleConfig:
     window_epsilon: float = 64.0
     census_interval_days: int = 7
     embedding_version: str = "content-1"
+    #: Segment ids reserved for learned interest cohorts (``~0``, ``~1``, …); 0: no cohorts.
+    cohort_slots: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, arg: str, expected: str, got: object) -> None:
@@ -85,6 +88,14 @@ class BundleConfig:
         need(self.oracle in ("auto", "grr", "oue"), "oracle", "'auto', 'grr' or 'oue'", self.oracle)
         need(self.min_population >= 1, "min_population", "an integer ≥ 1", self.min_population)
         need(self.report_limit >= 1, "report_limit", "an integer ≥ 1", self.report_limit)
+        need(
+            isinstance(self.cohort_slots, int)
+            and not isinstance(self.cohort_slots, bool)
+            and self.cohort_slots >= 0,
+            "cohort_slots",
+            "an integer ≥ 0",
+            self.cohort_slots,
+        )
         need(
             self.census_interval_days >= 1,
             "census_interval_days",
@@ -148,6 +159,9 @@ class Bundle:
     priors: np.ndarray  # float32[S, C]: per-segment category prior
     digest: str  # SHA-256 of the signed bytes
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The learned interest cohorts and the factors ``V`` (= the catalog's embeddings) they
+    #: live in, or None (no cohorts in this bundle).
+    cohorts: CohortPayload | None = None
 
     def prior_of(self, segment: int) -> np.ndarray:
         prior: np.ndarray = self.priors[segment]
@@ -172,7 +186,8 @@ def _paths_digest(paths: tuple[str, ...]) -> str:
 
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    # np.require keeps a 0-d array 0-d (ascontiguousarray would make it 1-d)
+    np.lib.format.write_array(buf, np.require(array, requirements="C"), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -199,9 +214,14 @@ def build_bundle(
     populations: np.ndarray | None = None,
     priors: np.ndarray | None = None,
     extras: Mapping[str, np.ndarray] | None = None,
+    cohorts: CohortPayload | None = None,
 ) -> bytes:
     """The signed bytes of a bundle. Deterministic: equal inputs give equal bytes (sorted
-    keys, fixed archive timestamps, stored not compressed, deterministic Ed25519)."""
+    keys, fixed archive timestamps, stored not compressed, deterministic Ed25519).
+
+    With ``cohorts`` (the config must reserve ``cohort_slots`` for their ids), the catalog's
+    embeddings become the cohorts' decoded factors ``V``: the device ranks and folds itself in
+    with the same rows, so ``(VᵀV + λI)⁻¹`` in the payload is exactly its ridge solve."""
     if not isinstance(version, int) or version < 1:
         raise InputError(f"version: expected an integer ≥ 1, got {version!r}")
     if not (math.isfinite(created) and math.isfinite(expires) and expires > created):
@@ -209,7 +229,13 @@ def build_bundle(
     if catalog.d != config.d:
         raise InputError(f"catalog: embeddings have d = {catalog.d}, config says {config.d}")
     catalog.check_categories(len(taxonomy))
-    segments = build_segments(taxonomy, config.regions, config.segment_depth)
+    segments = build_segments(
+        taxonomy, config.regions, config.segment_depth, config.cohort_slots
+    )
+    if cohorts is not None:
+        _check_cohorts(cohorts, segments, catalog)
+        catalog = replace(catalog, embeddings=np.ascontiguousarray(cohorts.factors, np.float32))
+        extras = {**(extras or {}), **cohorts.to_arrays()}
     if populations is not None:
         segments = segments.with_populations(populations)
     C = len(taxonomy)
@@ -373,7 +399,9 @@ def _parse_payload(digest: str, payload: bytes) -> Bundle:
         config = BundleConfig.from_json(manifest["config"])
         taxonomy = Taxonomy.from_json(manifest["taxonomy"])
         catalog = Catalog.from_arrays(arrays)
-        segments = build_segments(taxonomy, config.regions, config.segment_depth)
+        segments = build_segments(
+            taxonomy, config.regions, config.segment_depth, config.cohort_slots
+        )
         if manifest.get("segments_sha256") != _paths_digest(segments.paths):
             raise BundleFormatError("bundle: segment table differs from the deterministic builder")
         segments = segments.with_populations(arrays["segment_populations"])
@@ -381,6 +409,12 @@ def _parse_payload(digest: str, payload: bytes) -> Bundle:
         catalog.check_categories(len(taxonomy))
         if not np.all(np.isfinite(priors)):
             raise InputError("priors: expected finite values")
+        cohorts = None
+        if any(k.startswith(_COHORT_ARRAYS) for k in arrays):
+            cohorts = CohortPayload.from_arrays(arrays, _COHORT_ARRAYS)
+            _check_cohorts(cohorts, segments, catalog)
+            if not np.array_equal(cohorts.factors, catalog.embeddings):
+                raise InputError("embeddings: expected the cohorts' factors V")
     except InputError as e:
         raise BundleFormatError(f"bundle: invalid contents: {e}") from e
     except KeyError as e:
@@ -397,5 +431,30 @@ def _parse_payload(digest: str, payload: bytes) -> Bundle:
         catalog=catalog,
         priors=priors,
         digest=digest,
-        extras={k: v for k, v in arrays.items() if k.startswith("extra_")},
+        extras={
+            k: v
+            for k, v in arrays.items()
+            if k.startswith("extra_") and not k.startswith(_COHORT_ARRAYS)
+        },
+        cohorts=cohorts,
     )
+
+
+_COHORT_ARRAYS = "extra_cohort_"
+
+
+def _check_cohorts(cohorts: CohortPayload, segments: SegmentTable, catalog: Catalog) -> None:
+    """A payload fits a bundle: one factor row per offer in the bundle's ``d``, and every
+    cohort id one of the reserved cohort slots."""
+    if cohorts.factors.shape != catalog.embeddings.shape:
+        raise InputError(
+            f"cohorts: factors of shape {cohorts.factors.shape}, expected the catalog's "
+            f"{catalog.embeddings.shape}"
+        )
+    slots = segments.cohort_ids
+    bad = [int(i) for i in cohorts.ids if int(i) not in slots]
+    if bad:
+        raise InputError(
+            f"cohorts: ids {bad} are not cohort slots (the config reserves ids "
+            f"{slots.start}..{slots.stop - 1})"
+        )

@@ -501,9 +501,7 @@ class Engine:
         if not self._reporter.status(t, self._settings).active:
             return None
         seg = self._segmentation.segment(self.bundle, self.policy, self._profile(t), t)
-        self.last_report_stops = self._reporter.prepare(
-            t, self.bundle, self._settings, (seg.finest, seg.active)
-        )
+        self.last_report_stops = self._reporter.prepare(t, self.bundle, self._settings, seg)
         return self._reporter.outbox.take(t)
 
     def acknowledge(

@@ -6,6 +6,11 @@ Reasons are the score's own terms, so they are honest by construction and sum to
 recent impressions). The sentence names at most two *kinds* of
 reason ("Near you", "Popular with people who like Sci-Fi") and never the person, a time, a
 place or any precise inferred fact.
+
+With learned cohorts (``learned``) the same two terms read differently, and still name nothing
+precise: the segment term is "Popular with people whose taste is like yours" (the cohort's
+prior), the interest term "Similar to offers you engaged with" (the fold-in ``u`` against the
+offer's factors); neither names the offer or the time.
 """
 
 from __future__ import annotations
@@ -22,10 +27,15 @@ class Reason:
     kind: str
     weight: float
     category: str | None = None  # the display label a reason refers to, if any
+    learned: bool = False  # the term comes from learned cohorts and factors
 
     def phrase(self) -> str:
         if self.kind == "near":
             return "Near you"
+        if self.kind == "segment" and self.learned:
+            return "Popular with people whose taste is like yours"
+        if self.kind == "interest" and self.learned:
+            return "Similar to offers you engaged with"
         if self.kind == "segment":
             return (
                 f"Popular with people who like {self.category}"

@@ -28,7 +28,7 @@ import numpy as np
 
 from localrank.errors import InputError
 
-__all__ = ["fold_in", "nearest_cohort"]
+__all__ = ["fold_in", "fold_in_sum", "nearest_cohort"]
 
 
 def _matrix(value: object, arg: str) -> np.ndarray:
@@ -75,7 +75,20 @@ def fold_in(V_rows: object, weights: object, gram_inv: object) -> np.ndarray:
         raise InputError(f"weights: expected shape ({V.shape[0]},) like V_rows, got {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise InputError("weights: expected finite values ≥ 0")
-    out: np.ndarray = G @ (w @ V)
+    return fold_in_sum(w @ V, G)
+
+
+def fold_in_sum(weighted_sum: np.ndarray, gram_inv: np.ndarray) -> np.ndarray:
+    """float64[f]: ``gram_inv · weighted_sum``, for a caller that already holds
+    ``Σ_i w_i V_i`` (the profile accumulates it event by event, with decay; a dismiss's
+    negative weight counts against an offer's direction)."""
+    G = np.asarray(gram_inv, dtype=np.float64)
+    s = np.asarray(weighted_sum, dtype=np.float64)
+    if G.ndim != 2 or G.shape != (s.size, s.size) or s.ndim != 1:
+        raise InputError(
+            f"weighted_sum: expected [f] matching gram_inv {G.shape}, got shape {s.shape}"
+        )
+    out: np.ndarray = G @ s
     return out
 
 

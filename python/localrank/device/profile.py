@@ -27,6 +27,7 @@ import numpy as np
 
 from localrank.bundle import Bundle
 from localrank.device.events import EventLog, StoredEvent
+from localrank.device.fold_in import fold_in_sum
 from localrank.device.store import Store
 from localrank.shared.policy import EVENT_SIGNAL, SIGNALS
 
@@ -186,8 +187,14 @@ class Profile:
         affinity = np.where(strong, self._aff[ks].sum(axis=0), 0.0)
         affinity = np.maximum(affinity, 0.0)
         vec = (self._vec[ks].sum(axis=0) * strong[:, None]).sum(axis=0)
-        total = affinity.sum()
-        u = (vec / total if total > 0 else np.zeros(d)).astype(np.float32)
+        cohorts = self.bundle.cohorts
+        if cohorts is not None:
+            # The implicit-ALS user solve with the bundle's factors (the catalog's embeddings):
+            # u = (VᵀV + λI)⁻¹ Σ w_i V_i over the allowed, matured, evidenced events.
+            u = fold_in_sum(vec, cohorts.gram_inv).astype(np.float32)
+        else:
+            total = affinity.sum()
+            u = (vec / total if total > 0 else np.zeros(d)).astype(np.float32)
         order = [int(c) for c in np.argsort(-affinity, kind="stable") if affinity[c] > 0]
         return ProfileView(affinity, evidence, u, order)
 

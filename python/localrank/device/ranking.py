@@ -186,7 +186,7 @@ def _explain(
         d2 = float(geometry.dist2(g.location)[i])
         near = float(NEAR) * (1.0 - d2 / float(geometry.radius2[i]))
     seg_label = None
-    if x.segment != ROOT:
+    if x.segment != ROOT and not bundle.segments.is_cohort(x.segment):
         seg_label = tax[tax.index(bundle.segments.paths[x.segment].split("/")[0])].display
     interest_label = None
     if x.w_dot:
@@ -195,9 +195,16 @@ def _explain(
             if tax.names[c2] in mine:
                 interest_label = tax[c2].display
                 break
+    learned = bundle.cohorts is not None
+    cohort = bundle.segments.is_cohort(x.segment)
     reasons = [
-        Reason("interest", x.w_dot * float(np.dot(x.u, cat.embeddings[i])), interest_label),
-        Reason("segment", x.w_prior * float(x.prior[c]), seg_label),
+        Reason(
+            "interest",
+            x.w_dot * float(np.dot(x.u, cat.embeddings[i])),
+            interest_label,
+            learned=learned,
+        ),
+        Reason("segment", x.w_prior * float(x.prior[c]), seg_label, learned=cohort),
         Reason("popular", float(cat.bias[i])),
         Reason("near", near),
         Reason("context", float(CONTEXT_FIT) if geometry.targeted[i] else 0.0),

@@ -7,6 +7,13 @@ Two questions, two answers:
   the signals the policy's ``segments`` row allows;
 - the segment that may **rank offers in a context** is built only from signals both that row and
   the context allow: a game never ranks by a navigation app's visits.
+
+When the bundle carries learned interest **cohorts**, the device folds itself into the
+bundle's factor space with the same allowed signals (:attr:`ProfileView.u
+<localrank.device.profile.ProfileView>`) and joins the nearest centroid: that cohort is its
+finest segment, and its active one once the cohort's published population reaches
+``min_population``. Sensitive events never enter the profile, so they never move a device's
+cohort either.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass
 
 from localrank.bundle import Bundle
 from localrank.device.events import RETENTION_S, EventLog
+from localrank.device.fold_in import nearest_cohort
 from localrank.device.profile import Profile, ProfileRules
 from localrank.device.store import Store
 from localrank.shared.policy import SEGMENTS_ROW, Policy
@@ -31,6 +39,8 @@ class SegmentInfo:
     active: int
     finest_path: str
     active_path: str
+    #: The cohort the device folds into (its finest segment), or None without cohorts.
+    cohort: int | None = None
 
 
 class Segmentation:
@@ -61,10 +71,18 @@ class Segmentation:
         view = profile.view(signals)
         top = [bundle.taxonomy.names[c] for c in view.interests[:2]]
         region = self.region(bundle, profile.rules, t, sources) if "region" in row else None
-        finest = bundle.segments.finest(top, region)
-        active = bundle.segments.active(finest, bundle.config.min_population)
-        paths = bundle.segments.paths
-        return SegmentInfo(finest, active, paths[finest], paths[active])
+        segs = bundle.segments
+        finest = segs.finest(top, region)
+        active = segs.active(finest, bundle.config.min_population)
+        cohort = None
+        if bundle.cohorts is not None:
+            c = bundle.cohorts
+            cohort = nearest_cohort(view.u, c.centroids, c.ids)
+        if cohort is not None:
+            finest = cohort
+            if segs.populations[cohort] >= bundle.config.min_population:
+                active = cohort
+        return SegmentInfo(finest, active, segs.paths[finest], segs.paths[active], cohort)
 
     def region(
         self, bundle: Bundle, rules: ProfileRules, t: float, sources: set[str]

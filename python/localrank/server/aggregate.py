@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from localrank.bundle import Bundle, build_bundle, load_private_key, open_bundle
 from localrank.errors import InputError
+from localrank.server.cohorts import next_cohorts
 from localrank.server.ingest import PublishedHistory
 from localrank.server.offer_embeddings import embedding_version, learned_embeddings
 from localrank.server.statistics import category_priors, engagement, populations
@@ -197,6 +198,10 @@ class Aggregator:
             (bundle.segments.populations >= cfg.min_population)
             | (np.arange(len(bundle.segments)) == 0)
         )
+        if bundle.cohorts is not None and cfg.mode == "ldp":
+            # In ldp mode a device reports its cohort (randomised) from round 0 on: the next
+            # round's rows need every current cohort, measured or not.
+            tracked = np.union1d(tracked, bundle.cohorts.ids.astype(np.int64))
         # The stored bundles are read once per run: folding and publishing read the same set.
         accepted = self._published_configs()
         folded: list[int] = []
@@ -274,6 +279,11 @@ class Aggregator:
             parents=segs.parents,
         )
         published = pops.published if census else segs.populations
+        cohorts = next_cohorts(
+            bundle, t, pops, eng, published, tolerated=s.forged_reports_tolerated
+        )
+        if cohorts is not None:
+            published = cohorts.populations
         priors = category_priors(
             eng,
             primary=catalog.category,
@@ -295,14 +305,19 @@ class Aggregator:
             cfg.d,
             local=list(catalog.local),
         )
-        learned = learned_embeddings(
-            eng.scores,
-            content,
-            max_weight=s.embedding_max_weight,
-            confidence=s.embedding_confidence,
-        )
-        embeddings = content if learned is None else learned
-        version_name = "content-1" if learned is None else embedding_version(embeddings)
+        if cohorts is not None:
+            # The cohorts' factors are the embeddings (build_bundle puts them in the catalog).
+            embeddings = cohorts.payload.factors
+            version_name = embedding_version(embeddings, "cohort-als")
+        else:
+            learned = learned_embeddings(
+                eng.scores,
+                content,
+                max_weight=s.embedding_max_weight,
+                confidence=s.embedding_confidence,
+            )
+            embeddings = content if learned is None else learned
+            version_name = "content-1" if learned is None else embedding_version(embeddings)
         new_catalog = replace(catalog, bias=bias, embeddings=embeddings)
         new_config = replace(cfg, embedding_version=version_name)
         latest = self.storage.latest_bundle()
@@ -317,7 +332,12 @@ class Aggregator:
             signing_key=self.key,
             populations=published,
             priors=priors,
-            extras={**bundle.extras, "extra_base_bias": base_bias},
+            extras={
+                **bundle.extras,
+                "extra_base_bias": base_bias,
+                **(cohorts.extras if cohorts else {}),
+            },
+            cohorts=cohorts.payload if cohorts else None,
         )
         opened = open_bundle(data, self.public_key, now=t)
         if not self.storage.add_bundle(BundleRow(version, opened.digest, t, data)):

@@ -809,7 +809,8 @@ def cohort_round(
     encoded = encode_factors(fit.V, s.encoding)
     V_hat = decode_factors(encoded).astype(np.float64)
     centroids = centroid_update(V_hat, Rm, nm, regularization=s.regularization)
-    target = target_cohorts(n_devices, s.min_population, s.per_cohort)
+    # never more cohorts than the reserved ids can name
+    target = min(target_cohorts(n_devices, s.min_population, s.per_cohort), len(ids_range))
     centroids, parent = split_largest(
         centroids,
         rates(Rm, nm),

@@ -107,7 +107,7 @@ def learned_embeddings(
     return out
 
 
-def embedding_version(embeddings: np.ndarray) -> str:
-    """``ppmi-svd-<digest>``: changes exactly when the embeddings do."""
+def embedding_version(embeddings: np.ndarray, method: str = "ppmi-svd") -> str:
+    """``<method>-<digest>``: changes exactly when the embeddings do."""
     digest = hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
-    return f"ppmi-svd-{digest.hexdigest()[:16]}"
+    return f"{method}-{digest.hexdigest()[:16]}"

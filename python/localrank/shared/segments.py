@@ -1,7 +1,11 @@
 """Segments: the one fixed, deterministic domain of coarse audience cells.
 
 A segment path is up to two non-sensitive categories and then a region, for example
-``sci-fi``, ``sci-fi/comedy``, ``sci-fi/comedy/zip-9``; the root is the empty path. The one
+``sci-fi``, ``sci-fi/comedy``, ``sci-fi/comedy/zip-9``; the root is the empty path. After them
+come the *cohort slots* ``~0``, ``~1``, …: a reserved range of ids, children of the root, that
+the server's learned interest cohorts occupy (their centroids travel in the bundle,
+:mod:`localrank.bundle.cohorts`), so a cohort id travels in the wire contract's existing
+``segment`` field. The one
 builder, :func:`build_segments`, enumerates every path from the taxonomy's non-sensitive
 categories and the region list up to a depth, in a fixed order; device and server both use it,
 so a segment id means the same thing on both sides and ``d_seg`` is the LDP domain size.
@@ -17,10 +21,12 @@ import numpy as np
 from localrank.errors import InputError
 from localrank.shared.taxonomy import Taxonomy
 
-__all__ = ["ROOT", "UNKNOWN_POPULATION", "SegmentTable", "build_segments"]
+__all__ = ["COHORT_PREFIX", "ROOT", "UNKNOWN_POPULATION", "SegmentTable", "build_segments"]
 
 ROOT = 0
 UNKNOWN_POPULATION = -1
+#: A cohort slot's path is this prefix and its number; no category name may start with it.
+COHORT_PREFIX = "~"
 
 
 @dataclass(frozen=True)
@@ -91,20 +97,35 @@ class SegmentTable:
             raise InputError(f"populations: expected shape ({len(self.paths)},), got {pops.shape}")
         return SegmentTable(self.paths, self.parents, pops)
 
+    @property
+    def cohort_ids(self) -> range:
+        """The segment ids reserved for cohorts (the last ones; empty without slots)."""
+        n = sum(1 for p in self.paths[-1::-1] if p.startswith(COHORT_PREFIX))
+        return range(len(self.paths) - n, len(self.paths))
+
+    def is_cohort(self, segment: int) -> bool:
+        return self.paths[segment].startswith(COHORT_PREFIX)
+
     def depth_of(self, segment: int) -> int:
         path = self.paths[segment]
         return 0 if path == "" else path.count("/") + 1
 
 
-def build_segments(taxonomy: Taxonomy, regions: Sequence[str], depth: int = 3) -> SegmentTable:
+def build_segments(
+    taxonomy: Taxonomy, regions: Sequence[str], depth: int = 3, cohort_slots: int = 0
+) -> SegmentTable:
     """Enumerate the segment domain, deterministically.
 
-    Order: the root; each non-sensitive category (taxonomy order); each ordered pair of
+    Order: the root; at depth ≥ 1 each non-sensitive category (taxonomy order); each ordered
+    pair of
     distinct non-sensitive categories (``first/second``, where first is the stronger interest);
-    then, at depth 3, each pair followed by each region (region list order).
+    then, at depth 3, each pair followed by each region (region list order); then the
+    ``cohort_slots`` cohort slots ``~0``, ``~1``, … (children of the root).
     """
-    if depth not in (1, 2, 3):
-        raise InputError(f"depth: expected 1, 2 or 3, got {depth!r}")
+    if depth not in (0, 1, 2, 3):
+        raise InputError(f"depth: expected 0, 1, 2 or 3, got {depth!r}")
+    if isinstance(cohort_slots, bool) or not isinstance(cohort_slots, int) or cohort_slots < 0:
+        raise InputError(f"cohort_slots: expected an integer ≥ 0, got {cohort_slots!r}")
     if len(set(regions)) != len(regions):
         raise InputError("regions: expected unique region names")
     cats = taxonomy.non_sensitive
@@ -117,8 +138,9 @@ def build_segments(taxonomy: Taxonomy, regions: Sequence[str], depth: int = 3) -
         paths.append(path)
         parents.append(index[parent])
 
-    for a in cats:
-        add(a, "")
+    if depth >= 1:
+        for a in cats:
+            add(a, "")
     if depth >= 2:
         for a in cats:
             for b in cats:
@@ -130,6 +152,8 @@ def build_segments(taxonomy: Taxonomy, regions: Sequence[str], depth: int = 3) -
                 if a != b:
                     for r in regions:
                         add(f"{a}/{b}/{r}", f"{a}/{b}")
+    for j in range(cohort_slots):
+        add(f"{COHORT_PREFIX}{j}", "")
     return SegmentTable(
         tuple(paths),
         np.array(parents, dtype=np.int32),

@@ -29,6 +29,7 @@ from localrank.bundle import Bundle
 from localrank.device.events import EventLog
 from localrank.device.reports.accountant import Accountant
 from localrank.device.reports.outbox import Outbox
+from localrank.device.segmentation import SegmentInfo
 from localrank.device.settings import Settings
 from localrank.device.store import Store
 from localrank.privacy import oracles
@@ -129,11 +130,13 @@ class Reporter:
         return oracles.encode_bits(bits)
 
     def prepare(
-        self, now: float, bundle: Bundle, settings: Settings, segment: tuple[int, int]
+        self, now: float, bundle: Bundle, settings: Settings, segment: SegmentInfo
     ) -> list[str]:
-        """Make this epoch's reports, within ``L`` and the budgets, for a device whose
-        ``segment`` is ``(finest, active)``. Returns why it stopped early, if it did (an empty
-        list when everything due was made)."""
+        """Make this epoch's reports, within ``L`` and the budgets, for a device in
+        ``segment``: the census names its finest segment; an engagement report its active one
+        or, in ``ldp`` mode with cohorts, its cohort (randomised, so it needs no population;
+        the next cohort round needs every cohort's row). Returns why it stopped early, if it
+        did (an empty list when everything due was made)."""
         status = self.status(now, settings)
         if not status.active:
             return [status.reason]
@@ -141,7 +144,9 @@ class Reporter:
         c = b.config
         epoch = epoch_of(now)
         stopped: list[str] = []
-        finest, active = segment
+        finest, active = segment.finest, segment.active
+        if c.mode == "ldp" and segment.cohort is not None:
+            active = segment.cohort
         oracle = b.oracle
         value: int | str
         with self._store.transaction() as db:

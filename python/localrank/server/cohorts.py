@@ -1,0 +1,135 @@
+"""Which cohorts a bundle publishes: round 0 from the catalog, then one round per census
+cadence from what devices reported (the mathematics is :mod:`localrank.server.cohort_fit`).
+
+**Rounds follow the census.** A device sends one census (its cohort, randomised) per
+``census_interval_days``, and a cohort may only be published with a population measured for
+*its* centroid. So a new round (new factors, centroids, merges, splits) runs only when a whole
+census interval has passed since the previous one; the publications in between keep the
+centroids and ids, and update only what the census and engagement counts measure (populations,
+priors, popularity). Each round's populations are thus those of the previous round's ids, as
+devices assigned themselves with the previous round's centroids, carried through the round's
+merges; a cohort split this round is *provisional*: it is published without a population (so
+no device ranks or reports by it in the clear) until the next census measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from localrank.bundle import Bundle, BundleConfig
+from localrank.bundle.cohorts import CohortPayload
+from localrank.server.cohort_fit import CohortSettings, cohort_round, initial_model
+from localrank.server.statistics import Engagement, Populations
+from localrank.shared.catalog import Catalog
+from localrank.shared.segments import ROOT, UNKNOWN_POPULATION, SegmentTable, build_segments
+from localrank.shared.taxonomy import Taxonomy
+
+__all__ = ["CohortPublication", "cohort_settings", "next_cohorts", "round_zero"]
+
+#: ``extras`` name of the time of the last cohort round (float64[1]).
+ROUND_TIME = "extra_cohort_round_t"
+
+
+def cohort_settings(config: BundleConfig) -> CohortSettings:
+    """The fit's settings for a bundle: factors in the bundle's ``d``, its ``min_population``."""
+    return CohortSettings(factors=config.d, min_population=config.min_population)
+
+
+def round_zero(catalog: Catalog, taxonomy: Taxonomy, config: BundleConfig) -> CohortPayload:
+    """Round 0, from public content only: content factors and one cohort per non-sensitive
+    category (a device joins the cohort of its strongest interest), ids from the first slot."""
+    slots = build_segments(
+        taxonomy, config.regions, config.segment_depth, config.cohort_slots
+    ).cohort_ids
+    names = taxonomy.non_sensitive
+    index = {c: i for i, c in enumerate(names)}
+    offer_categories = [
+        [index[taxonomy.names[c]] for c in catalog.categories_of(i) if taxonomy.names[c] in index]
+        for i in range(len(catalog))
+    ]
+    model, _ = initial_model(
+        offer_categories,
+        len(names),
+        id_range=(slots.start, slots.stop),
+        settings=cohort_settings(config),
+    )
+    return model.payload
+
+
+@dataclass(frozen=True)
+class CohortPublication:
+    """What one publication carries for cohorts."""
+
+    payload: CohortPayload
+    #: int64[d_seg]: the published populations, with the cohort slots' replaced.
+    populations: np.ndarray
+    extras: dict[str, np.ndarray]
+    round_ran: bool
+
+
+def next_cohorts(
+    bundle: Bundle,
+    t: float,
+    pops: Populations,
+    eng: Engagement,
+    published: np.ndarray,
+    *,
+    tolerated: int,
+) -> CohortPublication | None:
+    """The cohorts of the next bundle, or None when ``bundle`` has none.
+
+    Between rounds the payload is kept and the slots' populations are the census'. At a round
+    (a census interval after the last), every current cohort's row is its de-biased engagement
+    per offer, its size the census' estimate; :func:`cohort_round` fits new factors, merges
+    cohorts below ``min_population`` (by the robust lower bound, less what ``tolerated`` forged
+    reports may add), splits the largest, and keeps ids stable.
+    """
+    current = bundle.cohorts
+    if current is None:
+        return None
+    cfg = bundle.config
+    segs: SegmentTable = bundle.segments
+    slots = segs.cohort_ids
+    pops_out = np.asarray(published, dtype=np.int64).copy()
+    last = bundle.extras.get(ROUND_TIME)
+    due = last is None or t - float(last[0]) >= cfg.census_interval_days * 86400
+    if not due or current.ids.size == 0 or pops.reports == 0:
+        return CohortPublication(current, pops_out, _round_time(last), False)
+    ids = current.ids.astype(np.int64)
+    col = {int(s): i for i, s in enumerate(eng.tracked)}
+    if not any(int(cid) in col for cid in ids):
+        # No cohort's engagement was collected yet (central mode reports a cohort in the
+        # clear only once its population is published): keep the centroids one more interval.
+        return CohortPublication(current, pops_out, _round_time(last), False)
+    counts = np.zeros((ids.size, len(bundle.catalog)))
+    for r, cid in enumerate(ids):
+        if int(cid) in col:
+            counts[r] = eng.scores[:, col[int(cid)]]
+    sizes = np.maximum(pops.estimate[ids], 1.0)
+    margin = 0.0
+    if pops.influence is not None:
+        margin = float(tolerated * np.max(pops.influence[ids]))
+    done = cohort_round(
+        current,
+        counts,
+        sizes,
+        np.maximum(pops.variance[ids], 0.0),
+        n_devices=max(float(pops.estimate[ROOT]), 1.0),
+        id_range=(slots.start, slots.stop),
+        settings=cohort_settings(cfg),
+        margin=margin,
+    )
+    model = done.model
+    pops_out[slots.start : slots.stop] = UNKNOWN_POPULATION
+    for cid, population, provisional in zip(
+        model.payload.ids, model.populations, model.provisional, strict=True
+    ):
+        if not provisional and population >= cfg.min_population:
+            pops_out[int(cid)] = int(np.floor(population))
+    return CohortPublication(model.payload, pops_out, {ROUND_TIME: np.array([t])}, True)
+
+
+def _round_time(last: np.ndarray | None) -> dict[str, np.ndarray]:
+    return {} if last is None else {ROUND_TIME: np.asarray(last, dtype=np.float64)}
