@@ -65,5 +65,22 @@ class SimulatedServer:
         assert row is not None
         return row.data
 
+    def cohort_rounds(self) -> list[dict[str, int]]:
+        """Per stored bundle (oldest first, the latest ``keep_bundles``): how many cohorts it
+        carries and how many of them have a published population (≥ ``min_population``)."""
+        out = []
+        for row in self.storage.bundles():
+            b = open_bundle(row.data, self._public, now=float("-inf"))
+            ids = b.cohorts.ids if b.cohorts is not None else []
+            k = b.config.min_population
+            out.append(
+                {
+                    "version": row.version,
+                    "cohorts": len(ids),
+                    "published": int(sum(b.segments.populations[int(i)] >= k for i in ids)),
+                }
+            )
+        return out
+
     def close(self) -> None:
         self.storage.close()

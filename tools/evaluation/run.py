@@ -118,6 +118,7 @@ def _cell_run(
         last_day=max(d.last_t for d in fleet.devices),
         cap_days=cap_days,
     )
+    rounds = server.cohort_rounds()
     server.close()
     shutil.rmtree(work / "devices", ignore_errors=True)
     part = ws.validation if tag.startswith("val") else ws.split
@@ -146,6 +147,8 @@ def _cell_run(
         "training_events": run.events,
         "reported_share": run.reported_share,
         "metrics": metrics,
+        # per published bundle: cohorts carried and published (populations ≥ k)
+        "cohort_rounds": rounds,
         "seconds": time.perf_counter() - t0,
     }
 

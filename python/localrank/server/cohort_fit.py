@@ -85,7 +85,7 @@ __all__ = [
 
 COHORT_FIT_METHOD = "cohort-als-1"
 #: The 95% interval's half-width in standard deviations, as for every segment's population.
-_Z95 = 1.96
+Z95 = 1.96
 
 
 @dataclass(frozen=True)
@@ -459,7 +459,7 @@ def merge_small(
     variances: object,
     *,
     min_population: int,
-    z: float = _Z95,
+    z: float = Z95,
     margin: float = 0.0,
 ) -> list[tuple[int, ...]]:
     """Groups of row indices such that every group's population lower bound,
@@ -791,7 +791,7 @@ def cohort_round(
     merged_ids = [tuple(int(previous.ids[g]) for g in grp) for grp in groups if len(grp) > 1]
     Rm = np.array([R[list(g)].sum(axis=0) for g in groups]).reshape(-1, R.shape[1])
     nm = np.array([n[list(g)].sum() for g in groups])
-    lbm = np.array([n[list(g)].sum() - _Z95 * math.sqrt(var[list(g)].sum()) for g in groups])
+    lbm = np.array([n[list(g)].sum() - Z95 * math.sqrt(var[list(g)].sum()) for g in groups])
     lbm = lbm - margin
     if not groups:  # too few devices for one cohort: keep V, publish none
         payload = CohortPayload.build(

@@ -20,7 +20,13 @@ import numpy as np
 
 from localrank.bundle import Bundle, BundleConfig
 from localrank.bundle.cohorts import CohortPayload
-from localrank.server.cohort_fit import CohortSettings, cohort_round, initial_model
+from localrank.server.cohort_fit import (
+    Z95,
+    CohortSettings,
+    cohort_round,
+    initial_model,
+    merge_small,
+)
 from localrank.server.statistics import Engagement, Populations
 from localrank.shared.catalog import Catalog
 from localrank.shared.segments import ROOT, UNKNOWN_POPULATION, SegmentTable, build_segments
@@ -99,36 +105,93 @@ def next_cohorts(
         return CohortPublication(current, pops_out, _round_time(last), False)
     ids = current.ids.astype(np.int64)
     col = {int(s): i for i, s in enumerate(eng.tracked)}
+    sizes = np.maximum(pops.estimate[ids], 1.0)
+    variances = np.maximum(pops.variance[ids], 0.0)
+    margin = 0.0
+    if pops.influence is not None:
+        margin = float(tolerated * np.max(pops.influence[ids]))
     if not any(int(cid) in col for cid in ids):
-        # No cohort's engagement was collected yet (central mode reports a cohort in the
-        # clear only once its population is published): keep the centroids one more interval.
-        return CohortPublication(current, pops_out, _round_time(last), False)
+        # No cohort's engagement was collected yet: central mode reports a cohort in the clear
+        # only once its population is published. Merge by the census alone, so that cohorts
+        # too small to publish become one that is, and its members start reporting it.
+        merged = merge_only(current, sizes, variances, cfg.min_population, margin)
+        if merged is None:
+            return CohortPublication(current, pops_out, _round_time(last), False)
+        payload, populations = merged
+        pops_out = _with_cohorts(pops_out, slots, payload, populations, cfg)
+        return CohortPublication(payload, pops_out, {ROUND_TIME: np.array([t])}, True)
     counts = np.zeros((ids.size, len(bundle.catalog)))
     for r, cid in enumerate(ids):
         if int(cid) in col:
             counts[r] = eng.scores[:, col[int(cid)]]
-    sizes = np.maximum(pops.estimate[ids], 1.0)
-    margin = 0.0
-    if pops.influence is not None:
-        margin = float(tolerated * np.max(pops.influence[ids]))
     done = cohort_round(
         current,
         counts,
         sizes,
-        np.maximum(pops.variance[ids], 0.0),
+        variances,
         n_devices=max(float(pops.estimate[ROOT]), 1.0),
         id_range=(slots.start, slots.stop),
         settings=cohort_settings(cfg),
         margin=margin,
     )
     model = done.model
-    pops_out[slots.start : slots.stop] = UNKNOWN_POPULATION
-    for cid, population, provisional in zip(
-        model.payload.ids, model.populations, model.provisional, strict=True
-    ):
-        if not provisional and population >= cfg.min_population:
-            pops_out[int(cid)] = int(np.floor(population))
+    if model.payload.ids.size == 0:
+        # Too few devices for even one cohort: keep the centroids (unpublished), so devices
+        # go on reporting them and a later round, with more census, can publish.
+        return CohortPublication(current, pops_out, _round_time(last), False)
+    measured = np.where(model.provisional, -np.inf, model.populations)
+    pops_out = _with_cohorts(pops_out, slots, model.payload, measured, cfg)
     return CohortPublication(model.payload, pops_out, {ROUND_TIME: np.array([t])}, True)
+
+
+def merge_only(
+    current: CohortPayload,
+    sizes: np.ndarray,
+    variances: np.ndarray,
+    min_population: int,
+    margin: float,
+) -> tuple[CohortPayload, np.ndarray] | None:
+    """Merge cohorts below ``min_population`` by the census alone (no rows to refit ``V``):
+    each group's centroid is the size-weighted mean of its members' (the fold-in of the summed
+    rows), its id the largest member's. Returns the payload and each cohort's population lower
+    bound, or None when nothing is publishable or nothing would change."""
+    groups = merge_small(
+        current.centroids, sizes, variances, min_population=min_population, margin=margin
+    )
+    if not groups or len(groups) == current.ids.size:
+        return None
+    centroids, ids, lower = [], [], []
+    for g in groups:
+        members = list(g)
+        w = sizes[members]
+        centroids.append((current.centroids[members] * w[:, None]).sum(axis=0) / w.sum())
+        ids.append(int(current.ids[members[int(np.argmax(w))]]))
+        lower.append(w.sum() - Z95 * float(np.sqrt(variances[members].sum())) - margin)
+    order = np.argsort(ids, kind="stable")
+    payload = CohortPayload.build(
+        dict(current.encoded),
+        np.asarray(centroids)[order],
+        np.asarray(ids, dtype=np.int64)[order],
+        regularization=current.regularization,
+    )
+    return payload, np.asarray(lower)[order]
+
+
+def _with_cohorts(
+    published: np.ndarray,
+    slots: range,
+    payload: CohortPayload,
+    lower: np.ndarray,
+    cfg: BundleConfig,
+) -> np.ndarray:
+    """``published`` with the cohort slots' populations: each cohort's lower bound where it
+    reaches ``min_population``, unknown otherwise (and for every free slot)."""
+    out: np.ndarray = published.copy()
+    out[slots.start : slots.stop] = UNKNOWN_POPULATION
+    for cid, population in zip(payload.ids, lower, strict=True):
+        if population >= cfg.min_population:
+            out[int(cid)] = int(np.floor(population))
+    return out
 
 
 def _round_time(last: np.ndarray | None) -> dict[str, np.ndarray]:
