@@ -36,9 +36,14 @@
 - A partial sum whose configuration cannot be estimated (an invalid oracle or ε's, or arrays
   of the wrong shape, as a server that did not check configurations may have stored) is
   skipped and logged; the rest is still published.
-- **Popularity**: per offer, the weighted total of its (noised) report counts, with the
-  variance of that noise; the bias is built from the lower end of its 95% interval, so an
-  offer nobody engaged with does not look popular by the luck of its noise.
+- **Popularity**: per offer, the weighted total of its reports, with its variance; the bias is
+  built from the lower end of its 95% interval, so an offer nobody engaged with does not look
+  popular by the luck of its noise. Central: the noised counts. LDP: two unbiased estimates of
+  the same counts, blended by inverse variance: ``ñ``, whose noise is drawn again in every
+  folded epoch (``√W·σ`` over a window of ``W``, on every offer), and the supports over the
+  tracked segments divided by ``P_T = p + (|T| − 1)·q`` (:func:`tracked_share`), whose
+  variance is binomial in the count. At a few hundred devices the first buries the counts and
+  the second keeps them; at large counts ``ñ`` is the sharper.
 """
 
 from __future__ import annotations
