@@ -13,10 +13,10 @@ carry the same counts without that noise (``estimate.engagement``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from localrank import ldp
 from localrank.bundle import open_bundle
@@ -25,7 +25,8 @@ from localrank.reports.wire import batch_body, engagement
 from localrank.server.app import ServerState
 from localrank.server.storage import open_storage
 
-from server_fixtures import PUBLIC_KEY, T0, base_bundle, server_config  # noqa: I001
+pytest.register_assert_rewrite("server_fixtures")
+from server_fixtures import PUBLIC_KEY, T0, base_bundle, server_config  # noqa: E402
 
 EPOCHS = 28  # the default window: every epoch folded, each with its own noise draw
 

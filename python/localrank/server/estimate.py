@@ -350,10 +350,8 @@ def tracked_share(oracle: str, p: float, q: float, tracked: int) -> tuple[float,
     its active segment, which is tracked), and that number's variance (GRR: one value, so
     ``P_T(1 − P_T)``; OUE: independent bits, ``p(1 − p) + (T − 1)·q(1 − q)``)."""
     share = p + (tracked - 1) * q
-    if oracle == "oue":
-        spread = p * (1 - p) + (tracked - 1) * q * (1 - q)
-    else:
-        spread = share * (1 - share)
+    one_value = share * (1 - share)
+    spread = p * (1 - p) + (tracked - 1) * q * (1 - q) if oracle == "oue" else one_value
     return share, spread
 
 
