@@ -693,7 +693,10 @@ class Engine:
         assert self._geometry is not None
         w_dot = self.tuning.w_dot if level == "full" else 0.0
         w_prior = self.tuning.w_prior if level != "off" else 0.0
-        prior = b.priors[seg.active] if level != "off" else np.zeros(C, np.float32)
+        # The segment's lift over the whole fleet (the root): the bias already carries the
+        # fleet's popularity, so the root's own shares would count each category's
+        # popularity twice (at the root, coarse ranked below off: docs/design.md).
+        prior = b.priors[seg.active] - b.priors[ROOT] if level != "off" else np.zeros(C, np.float32)
         u = view.u if level == "full" else np.zeros(b.config.d, np.float32)
         return ScoringInputs(
             u=np.ascontiguousarray(u, dtype=np.float32),
