@@ -41,7 +41,7 @@
   popular by the luck of its noise. Central: the noised counts. LDP: two unbiased estimates of
   the same counts, blended by inverse variance: ``ñ``, whose noise is drawn again in every
   folded epoch (``√W·σ`` over a window of ``W``, on every offer), and the supports over the
-  tracked segments divided by ``P_T = p + (|T| − 1)·q`` (:func:`tracked_share`), whose
+  tracked segments divided by ``P_T = p + (|T| − 1)·q`` (:func:`_tracked_share`), whose
   variance is binomial in the count. At a few hundred devices the first buries the counts and
   the second keeps them; at large counts ``ñ`` is the sharper.
 """
@@ -330,7 +330,7 @@ def engagement(
         else:
             counted[target] += totals @ w
             counted_var[target] += noise_var * float(np.sum(w**2))
-            share, spread = tracked_share(oracle, p, q, s.segments.size)
+            share, spread = _tracked_share(oracle, p, q, s.segments.size)
             n_hat = values.sum(axis=2) / share  # (o, 4): unbiased for n, without ñ's noise
             supported[target] += n_hat @ w
             # The plug-in binomial variance of each count.
@@ -344,7 +344,7 @@ def engagement(
     return Engagement(tracked, scores, variance, popularity, popularity_var, reports, influence)
 
 
-def tracked_share(oracle: str, p: float, q: float, tracked: int) -> tuple[float, float]:
+def _tracked_share(oracle: str, p: float, q: float, tracked: int) -> tuple[float, float]:
     """``(P_T, V_T)`` for ``T`` tracked segments: the expected number of a report's supports
     among them, ``P_T = p + (T − 1)·q``, when its true segment is one of them (a device reports
     its active segment, which is tracked), and that number's variance (GRR: one value, so
