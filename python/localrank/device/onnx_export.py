@@ -12,7 +12,7 @@ so an app cannot skip a guardrail by accident. docs/onnx.md is the app developer
 
 ========================  ============  =====================================================
 ``u``                     float32[d]    the user vector (zeros unless level is ``full``)
-``prior``                 float32[C]    the active segment's prior row from the bundle
+``prior``                 float32[C]    the active segment's prior row less the root's
 ``level``                 int64[]       0 ``off``, 1 ``coarse``, 2 ``full``
 ``context_id``            int64[]       the calling app's context, its index in the bundle
 ``now``                   float64[]     POSIX seconds (float64: validity compares are exact)

@@ -113,7 +113,12 @@ def scoring_inputs(
     level = settings.level
     geometry = OfferGeometry.of(bundle)
     C = len(bundle.taxonomy)
-    prior = bundle.priors[segment] if level != "off" else np.zeros(C, np.float32)
+    # The segment's lift over the whole fleet (the root): the bias already carries the fleet's
+    # popularity, so the root's own shares would count each category's popularity twice (at
+    # the root, coarse ranked below off: docs/design.md).
+    prior = np.zeros(C, np.float32)
+    if level != "off":
+        prior = bundle.priors[segment] - bundle.priors[ROOT]
     u = view.u if level == "full" else np.zeros(bundle.config.d, np.float32)
     return ScoringInputs(
         u=np.ascontiguousarray(u, dtype=np.float32),

@@ -75,7 +75,8 @@ class AggregationSettings:
     prior_strength: float = 50.0
     #: F: forged census reports the publication threshold absorbs (docs/privacy-math.md).
     forged_reports_tolerated: int = 5
-    popularity_weight: float = 0.2
+    #: The bias gains ``popularity_weight·log1p(engagement)`` (docs/server.md).
+    popularity_weight: float = 1.0
     embedding_max_weight: float = 0.5
     embedding_confidence: float = 20.0
     #: False only for the evaluation's no-noise reference (k-anonymity alone). A server never
@@ -295,9 +296,11 @@ class Aggregator:
         base_bias = bundle.extras.get("extra_base_bias", catalog.bias).astype(np.float32)
         # The lower end of the 95% interval: pure noise rarely clears it.
         pop = np.clip(eng.popularity - 1.96 * np.sqrt(eng.popularity_variance), 0, None)
-        bias = base_bias.copy()
-        if pop.max(initial=0.0) > 0:
-            bias += (s.popularity_weight * np.log1p(pop) / np.log1p(pop.max())).astype(np.float32)
+        # In log units, not rescaled to the busiest offer: twice the engagement is the same step
+        # whatever the fleet's size, and the score's other terms (w_dot·u·E, a log-lift; the
+        # prior, a share) keep one scale against it. Squeezed into [0, 0.2], popularity was
+        # drowned by them at the default weights (docs/server.md).
+        bias = base_bias + (s.popularity_weight * np.log1p(pop)).astype(np.float32)
         tax = bundle.taxonomy
         content = content_embeddings(
             [[tax.names[c] for c in catalog.categories_of(i)] for i in range(len(catalog))],

@@ -36,9 +36,14 @@
 - A partial sum whose configuration cannot be estimated (an invalid oracle or ε's, or arrays
   of the wrong shape, as a server that did not check configurations may have stored) is
   skipped and logged; the rest is still published.
-- **Popularity**: per offer, the weighted total of its (noised) report counts, with the
-  variance of that noise; the bias is built from the lower end of its 95% interval, so an
-  offer nobody engaged with does not look popular by the luck of its noise.
+- **Popularity**: per offer, the weighted total of its reports, with its variance; the bias is
+  built from the lower end of its 95% interval, so an offer nobody engaged with does not look
+  popular by the luck of its noise. Central: the noised counts. LDP: two unbiased estimates of
+  the same counts, blended by inverse variance: ``ñ``, whose noise is drawn again in every
+  folded epoch (``√W·σ`` over a window of ``W``, on every offer), and the supports over the
+  tracked segments divided by ``P_T = p + (|T| − 1)·q`` (:func:`_tracked_share`), whose
+  variance is binomial in the count. At a few hundred devices the first buries the counts and
+  the second keeps them; at large counts ``ñ`` is the sharper.
 """
 
 from __future__ import annotations
@@ -277,6 +282,13 @@ def engagement(
     variance = np.zeros_like(scores)
     popularity = np.zeros(len(offers))
     popularity_var = np.zeros(len(offers))
+    # ldp popularity has two unbiased estimates (the module docstring): ñ, and the supports
+    # over the tracked segments. They are accumulated apart and blended at the end.
+    counted = np.zeros(len(offers))
+    counted_var = np.zeros(len(offers))
+    supported = np.zeros(len(offers))
+    supported_var = np.zeros(len(offers))
+    one_report = 0.0
     reports = 0
     noise_var = discrete_laplace_variance(central_epsilon, report_limit) if noise else 0.0
     for s in sums:
@@ -311,11 +323,49 @@ def engagement(
         target = rows_here[keep]
         scores[np.ix_(target, cols)] += np.einsum("oet,e->ot", est, w)
         variance[np.ix_(target, cols)] += np.einsum("oet,e->ot", var, w**2)
-        popularity[target] += totals @ w
-        # Totals are noised counts (ldp: ñ per offer and event; central: a sum over T cells).
-        cells = 1 if mode != "central" else s.segments.size
-        popularity_var[target] += cells * noise_var * float(np.sum(w**2))
+        if mode == "central":
+            # Noised counts summed over the T cells of each offer and event.
+            popularity[target] += totals @ w
+            popularity_var[target] += s.segments.size * noise_var * float(np.sum(w**2))
+        else:
+            counted[target] += totals @ w
+            counted_var[target] += noise_var * float(np.sum(w**2))
+            share, spread = _tracked_share(oracle, p, q, s.segments.size)
+            n_hat = values.sum(axis=2) / share  # (o, 4): unbiased for n, without ñ's noise
+            supported[target] += n_hat @ w
+            # The plug-in binomial variance of each count.
+            supported_var[target] += (n_hat * spread / share**2) @ w**2
+            one_report = max(one_report, spread / share**2 * float(np.max(w**2)))
+    # At least one report's variance: no support is not proof of no report.
+    supported_var = np.maximum(supported_var, one_report)
+    blended, blended_var = _blend(counted, counted_var, supported, supported_var)
+    popularity += blended
+    popularity_var += blended_var
     return Engagement(tracked, scores, variance, popularity, popularity_var, reports, influence)
+
+
+def _tracked_share(oracle: str, p: float, q: float, tracked: int) -> tuple[float, float]:
+    """``(P_T, V_T)`` for ``T`` tracked segments: the expected number of a report's supports
+    among them, ``P_T = p + (T − 1)·q``, when its true segment is one of them (a device reports
+    its active segment, which is tracked), and that number's variance (GRR: one value, so
+    ``P_T(1 − P_T)``; OUE: independent bits, ``p(1 − p) + (T − 1)·q(1 − q)``)."""
+    share = p + (tracked - 1) * q
+    one_value = share * (1 - share)
+    spread = p * (1 - p) + (tracked - 1) * q * (1 - q) if oracle == "oue" else one_value
+    return share, spread
+
+
+def _blend(
+    a: np.ndarray, var_a: np.ndarray, b: np.ndarray, var_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse-variance combination of two unbiased estimates, and its variance. Where one
+    has no variance it is exact and is taken as it is (``a`` first: the no-noise ñ)."""
+    exact_a = var_a <= 0
+    exact_b = (var_b <= 0) & ~exact_a
+    total = np.where(exact_a | exact_b, 1.0, var_a + var_b)
+    out = np.where(exact_a, a, np.where(exact_b, b, (a * var_b + b * var_a) / total))
+    out_var = np.where(exact_a | exact_b, 0.0, var_a * var_b / total)
+    return out, out_var
 
 
 def category_priors(

@@ -20,8 +20,10 @@ Noise is added here, once per epoch, and the exact values are discarded:
   bundle's
   central ε. The sensitivity is ``L`` (``report_limit``) for engagement counts, since a device
   sends at most ``L`` engagement reports per epoch, and 1 for census counts (at most one
-  census per epoch). Noise covers every cell, present or not, so which offers were reported
-  is itself private.
+  census per epoch). Noise covers every cell, present or not, so in ``central`` mode which
+  offers were reported is itself private. In ``ldp`` mode it is not, and the wire contract
+  does not claim it: the offer travels in the clear, and the supports of the tracked segments
+  count its reports up to binomial thinning (``estimate.engagement`` uses them for popularity).
 - LDP supports need no noise: they are already randomised on the device.
 
 The estimator then uses the noised ``ñ`` for ``n``; ``E[ñ] = n``, so ``(S − ñ·q)/(p − q)``
