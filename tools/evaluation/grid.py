@@ -43,6 +43,9 @@ class Cell:
         return movielens_config(
             d,
             mode="central",
+            # the first central design: per-epoch noise at the server's ε, a guarantee per
+            # device-epoch (its census is the ldp default)
+            central_mechanism="epoch-laplace",
             central_epsilon=self.epsilon or 1.0,
             min_population=self.min_population,
         )
