@@ -245,9 +245,12 @@ def engagement(
     report_limit: int,
     noise: bool = True,
     parents: np.ndarray | None = None,
+    central_noise_variance: float | None = None,
 ) -> Engagement:
     """Sum the engagement estimates of every partial sum onto the current catalog's offers and
-    the union of the tracked segments. With ``parents``, also each segment's ``influence``."""
+    the union of the tracked segments. With ``parents``, also each segment's ``influence``.
+    ``central_noise_variance``: the noise variance of each central count when it comes from
+    the continual release (:mod:`localrank.server.central_release`), not per-epoch Laplace."""
     usable = []
     for s in sums:
         try:
@@ -279,6 +282,7 @@ def engagement(
     popularity_var = np.zeros(len(offers))
     reports = 0
     noise_var = discrete_laplace_variance(central_epsilon, report_limit) if noise else 0.0
+    central_var = noise_var if central_noise_variance is None else central_noise_variance
     for s in sums:
         mode, oracle, eps, perm = parse_config(s.config)
         rows_here = np.array([row.get(o, -1) for o in s.offers])
@@ -287,7 +291,7 @@ def engagement(
         values = s.values[keep].astype(np.float64)  # (o, 4, T)
         if mode == "central":
             est = values
-            var = np.full_like(est, noise_var)
+            var = np.full_like(est, central_var)
             totals = values.sum(axis=2)
             reports += int(max(values.sum(), 0))
             if influence is not None and parents is not None:
@@ -314,7 +318,8 @@ def engagement(
         popularity[target] += totals @ w
         # Totals are noised counts (ldp: ñ per offer and event; central: a sum over T cells).
         cells = 1 if mode != "central" else s.segments.size
-        popularity_var[target] += cells * noise_var * float(np.sum(w**2))
+        cell_var = central_var if mode == "central" else noise_var
+        popularity_var[target] += cells * cell_var * float(np.sum(w**2))
     return Engagement(tracked, scores, variance, popularity, popularity_var, reports, influence)
 
 
