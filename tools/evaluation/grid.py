@@ -15,18 +15,34 @@ class Cell:
     """One evaluated configuration.
 
     ``mode="ldp"``: the per-report ε is ``epsilon``. ``mode="central"``: the server's ε is
-    ``epsilon`` (the census stays LDP at the product default). ``epsilon=None`` in central mode
-    is the no-noise reference: k-anonymity (``min_population``) alone.
+    ``epsilon`` per device-epoch (the first central design; the census stays LDP at the product
+    default). ``epsilon=None`` in central mode is the no-noise reference: k-anonymity
+    (``min_population``) alone. ``window=True`` (central only): the continual release, with
+    ``epsilon`` the device-level ε per 30 days at δ = 10⁻⁶, census included (docs/privacy.md).
     """
 
     mode: str
     epsilon: float | None
     min_population: int
+    window: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window and (self.mode != "central" or self.epsilon is None):
+            raise ValueError("window: only a central cell with an ε has a 30-day guarantee")
 
     @property
     def name(self) -> str:
         eps = "none" if self.epsilon is None else f"{self.epsilon:g}"
-        return f"{self.mode} ε={eps} k={self.min_population}"
+        per = "/30d" if self.window else ""
+        return f"{self.mode} ε={eps}{per} k={self.min_population}"
+
+    @property
+    def unit(self) -> str:
+        """What the cell's ε protects: one report (ldp), one device over one epoch (the first
+        central design), or one device over any 30 days (the continual release)."""
+        if self.mode == "ldp":
+            return "report"
+        return "device-30-days" if self.window else "device-epoch"
 
     @property
     def noise(self) -> bool:
@@ -39,6 +55,17 @@ class Cell:
             # per-report ε fewer reports fit, which is the trade-off the grid measures.
             return movielens_config(
                 d, mode="ldp", epsilon=self.epsilon, min_population=self.min_population
+            )
+        if self.window:
+            assert self.epsilon is not None
+            return movielens_config(
+                d,
+                mode="central",
+                central_epsilon_window=self.epsilon,
+                # the census is charged to the same 30-day budget: small and monthly
+                epsilon=0.1,
+                census_interval_days=30,
+                min_population=self.min_population,
             )
         return movielens_config(
             d,
@@ -57,8 +84,13 @@ def _grid(k_values: tuple[int, ...]) -> tuple[Cell, ...]:
         cells += [Cell("ldp", e, k) for e in (0.5, 1.0, 2.0, 4.0)]
         cells += [Cell("central", e, k) for e in (0.5, 1.0, 2.0)]
         cells.append(Cell("central", None, k))
+        cells += [Cell("central", e, k, window=True) for e in (0.5, 1.0, 2.0, 4.0)]
     return tuple(cells)
 
 
 DEFAULT_GRID = _grid((20, 50))
-QUICK_GRID = (Cell("ldp", 2.0, 50), Cell("central", 1.0, 50))
+QUICK_GRID = (
+    Cell("ldp", 2.0, 50),
+    Cell("central", 1.0, 50),
+    Cell("central", 1.0, 50, window=True),
+)
