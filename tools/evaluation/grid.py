@@ -25,6 +25,8 @@ class Cell:
     epsilon: float | None
     min_population: int
     window: bool = False
+    #: the continual release's cadence (``window`` cells): one release every this many days
+    cadence_days: int = 30
 
     def __post_init__(self) -> None:
         if self.window and (self.mode != "central" or self.epsilon is None):
@@ -34,7 +36,8 @@ class Cell:
     def name(self) -> str:
         eps = "none" if self.epsilon is None else f"{self.epsilon:g}"
         per = "/30d" if self.window else ""
-        return f"{self.mode} ε={eps}{per} k={self.min_population}"
+        every = f" every {self.cadence_days}d" if self.window and self.cadence_days != 30 else ""
+        return f"{self.mode} ε={eps}{per} k={self.min_population}{every}"
 
     @property
     def unit(self) -> str:
@@ -62,6 +65,7 @@ class Cell:
                 d,
                 mode="central",
                 central_epsilon_window=self.epsilon,
+                central_cadence_days=self.cadence_days,
                 # the census is charged to the same 30-day budget: small and monthly
                 epsilon=0.1,
                 census_interval_days=30,
