@@ -135,3 +135,28 @@ def test_each_step_is_noised_once_and_republished_unchanged(
     assert state.storage.add_release(duplicate) is False
     assert state.storage.latest_release() == row
     state.storage.close()
+
+
+def test_a_used_up_horizon_starts_new_counters_that_carry_the_old_counts(
+    db_url: str, tmp_path: Path
+) -> None:
+    """History 4 days at a release every 2: two releases per series. The third step starts
+    series 2, which carries series 1's final (already published) counts."""
+    clock = FixedClock(1_790_000_000.0)
+    bundle = base_bundle(tmp_path / "short.bundle", **{**CENTRAL, "central_history_days": 4})
+    config = server_config(
+        db_url, clock, base_bundle=bundle, aggregation=AggregationSettings(noise=False)
+    )
+    state = ServerState(config, open_storage(config.db))
+    ids = state.aggregator.current_bundle().catalog.ids
+    e0 = epoch_of(clock.now())
+    for day, n in ((0, 3), (2, 4), (4, 5)):
+        clock.set((e0 + day) * DAY + 3600)
+        _clicks(state, e0 + day, [ids[2]] * n)
+    _close(clock, e0 + 6)
+    assert state.aggregate().released == [(1, 1), (1, 2), (2, 1)]
+    release = latest_release(state.storage)
+    assert release is not None and (release.series, release.step) == (2, 1)
+    assert release.first_epoch == e0 + 4 and release.through_epoch == e0 + 5
+    assert release.counts[2, 1, 0] == 3 + 4 + 5  # all-time, across the two series
+    state.storage.close()

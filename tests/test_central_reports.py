@@ -97,3 +97,21 @@ def test_the_ledger_records_each_central_reports_share_of_rho(tmp_path: Path) ->
     assert sorted(e["rho"] for e in exported if e["kind"] == "report") == sorted(
         [guarantee.rho_per_report] * 3 + [census.rho]
     )
+
+
+def test_forgetting_one_event_keeps_the_offer_barred_and_everything_wipes_the_list(
+    tmp_path: Path,
+) -> None:
+    engine, clock = open_engine(tmp_path, **CENTRAL, report_limit=3)
+    o = plain_offers(engine, 1)[0]
+    event = engine.record("click", context="shopping", offer=o, now=T0 - 60)
+    assert len(drain(engine, clock, 1)) == 1
+    engine.forget([event])  # the report left already: the rule must still hold for it
+    engine.record("click", context="shopping", offer=o, now=clock.now())
+    assert drain(engine, clock, 2) == []
+    with engine._store.transaction() as db:
+        assert Accountant.already_reported(db, o)
+    engine.forget(everything=True)  # the list says which offers the user engaged with
+    with engine._store.transaction() as db:
+        assert not Accountant.already_reported(db, o)
+        assert Accountant.central_made(db, clock.now()) == (0, 0)

@@ -319,7 +319,7 @@ def release_due(
                 )
         step = 0 if current is None else current.mechanism.steps
         if current is None:
-            first = _first_exact_epoch(storage, closed, guarantee.history_days)
+            first = _first_exact_epoch(storage, closed)
             if first is None:
                 return made, None
             target = _new_series(1, first, guarantee, bundle, tracked, noise, None)
@@ -363,11 +363,10 @@ def latest_release(storage: Storage) -> CentralRelease | None:
     return _Series.from_row(row).release()
 
 
-def _first_exact_epoch(storage: Storage, closed: int, history_days: int) -> int | None:
+def _first_exact_epoch(storage: Storage, closed: int) -> int | None:
     """The first epoch with exact central counts: where the first series starts."""
-    epochs = [
-        r.epoch
-        for r in storage.sums(closed - history_days - 1, closed - 1)
-        if r.kind == EXACT_KIND
-    ]
+    folded = storage.folded_epochs()
+    if not folded:
+        return None
+    epochs = [r.epoch for r in storage.sums(folded[0], closed - 1) if r.kind == EXACT_KIND]
     return min(epochs) if epochs else None
