@@ -160,3 +160,23 @@ def test_a_used_up_horizon_starts_new_counters_that_carry_the_old_counts(
     assert release.first_epoch == e0 + 4 and release.through_epoch == e0 + 5
     assert release.counts[2, 1, 0] == 3 + 4 + 5  # all-time, across the two series
     state.storage.close()
+
+
+def test_statistics_use_the_release_variance_for_central_counts() -> None:
+    """A release's counts carry the mechanism's variance into the estimates, not the per-epoch
+    Laplace variance of the first design."""
+    from localrank.server.central_release import CentralRelease
+    from localrank.server.statistics import EVENT_WEIGHTS, engagement
+    from localrank.server.sums import EVENTS
+
+    offers = ("a", "b")
+    segments = np.array([0, 3], dtype=np.int64)
+    counts = np.zeros((2, len(EVENTS), 2), dtype=np.int64)
+    counts[0, 1, 1] = 7
+    release = CentralRelease(1, 1, 100, 129, offers, segments, counts, variance=1500.0)
+    eng = engagement([release.as_sums()], offers=offers, d_seg=10, central_epsilon=1.0,
+                     report_limit=3, central_noise_variance=release.variance)  # fmt: skip
+    w2 = sum(EVENT_WEIGHTS[e] ** 2 for e in EVENTS)
+    assert np.allclose(eng.variance, 1500.0 * w2)
+    assert np.allclose(eng.popularity_variance, 2 * 1500.0 * w2)  # two segments per offer
+    assert eng.scores[0, 1] == 7 * EVENT_WEIGHTS["click"]
