@@ -21,6 +21,9 @@ from localrank.shared.catalog import Catalog
 from localrank.shared.clock import FixedClock
 
 T0 = 1_790_000_000.0  # a Tuesday, 2026-09-21 ~14:13 UTC
+#: Central mode under the continual release: its 30-day guarantee includes the LDP census, so
+#: the census is small and monthly (the weekly ε = 2 census alone would spend it 400 times).
+CENTRAL: dict[str, Any] = {"mode": "central", "epsilon": 0.1, "census_interval_days": 30}
 
 
 @cache

@@ -106,8 +106,14 @@ def test_default_grid_is_the_issue_grid() -> None:
             assert f"ldp ε={eps} k={k}" in names
         for eps in ("0.5", "1", "2", "none"):
             assert f"central ε={eps} k={k}" in names
-    assert len(DEFAULT_GRID) == 16
+        for eps in ("0.5", "1", "2", "4"):  # the device-level guarantee per 30 days
+            assert f"central ε={eps}/30d k={k}" in names
+    assert len(DEFAULT_GRID) == 24
     assert set(QUICK_GRID) <= set(DEFAULT_GRID)
+    units = {c.name: c.unit for c in DEFAULT_GRID}
+    assert units["ldp ε=2 k=50"] == "report"
+    assert units["central ε=1 k=50"] == "device-epoch"
+    assert units["central ε=1/30d k=50"] == "device-30-days"
 
 
 def test_cell_config_carries_its_epsilon_and_population() -> None:
@@ -116,6 +122,12 @@ def test_cell_config_carries_its_epsilon_and_population() -> None:
     central = Cell("central", 2.0, 50).config(32)
     assert central.mode == "central" and central.central_epsilon == 2.0
     assert central.min_population == 50
+    assert central.central_guarantee is None  # the per-epoch design promises no 30-day figure
+    window = Cell("central", 2.0, 20, window=True).config(32)
+    guarantee = window.central_guarantee
+    assert guarantee is not None and window.min_population == 20
+    assert guarantee.epsilon_window == pytest.approx(2.0, abs=1e-9)
+    assert guarantee.rho_census < guarantee.rho_window  # the census is charged, and fits
 
 
 # --- a small end-to-end run --------------------------------------------------------------------
@@ -151,6 +163,7 @@ def test_small_run_writes_table_json_and_plot(small_run: dict) -> None:
 def test_small_run_reports_through_the_privacy_code(small_run: dict) -> None:
     (cell,) = small_run["report"]["cells"]
     assert cell["devices"] == 40
+    assert cell["unit"] == "report" and cell["epsilon_history"] is None
     assert cell["epochs"] > 0
     # reports were made, under the budget: never more engagement reports than events
     assert 0 < cell["engagement_reports"] <= cell["training_events"]

@@ -121,6 +121,7 @@ TABLE_OWNERS = {
     "snoozes": "device/store.py",
     "ledger": "device/reports/accountant.py",
     "memos": "device/reports/accountant.py",
+    "reported_offers": "device/reports/accountant.py",
     "outbox": "device/reports/outbox.py",
     "pending": "device/reports/outbox.py",
 }

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from localrank.device.reports import validate_batch, validate_report
 from localrank.shared.clock import epoch_of
 from localrank.wire.reports import EVENT_ON_WIRE, schema_document
-from report_fixtures import T0, open_engine, plain_offers, sensitive_offers
+from report_fixtures import CENTRAL, T0, open_engine, plain_offers, sensitive_offers
 
 DAY = 86400.0
 
@@ -174,7 +174,7 @@ def test_next_report_at_says_when_the_30_day_budget_frees(tmp_path: Path) -> Non
 
 
 def test_next_report_at_is_now_in_central_mode(tmp_path: Path) -> None:
-    engine, clock = open_engine(tmp_path, mode="central", window_epsilon=2.0)
+    engine, clock = open_engine(tmp_path, **CENTRAL, window_epsilon=0.1)
     for o in plain_offers(engine, 6):
         engine.record("click", context="shopping", offer=o, now=T0 - 60)
     drain(engine, clock, 3)  # the census spends the whole 30-day budget; engagements spend 0
@@ -200,7 +200,7 @@ def test_memo_survives_a_restart_and_is_drawn_once(tmp_path: Path) -> None:
 def test_central_mode_sends_the_active_segment_and_spends_no_local_epsilon(
     tmp_path: Path,
 ) -> None:
-    engine, clock = open_engine(tmp_path, mode="central")
+    engine, clock = open_engine(tmp_path, **CENTRAL)
     for o in plain_offers(engine, 2):
         engine.record("purchase", context="shopping", offer=o, now=T0 - 60)
     reports = drain(engine, clock, 1)

@@ -56,6 +56,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _cmd_bundle_build(args: argparse.Namespace) -> int:
     import json
     import time
+    from dataclasses import replace
 
     from localrank.bundle import BundleConfig, build_bundle
     from localrank.shared.catalog import Catalog, load_offers
@@ -68,8 +69,11 @@ def _cmd_bundle_build(args: argparse.Namespace) -> int:
         contexts=tuple(ctx["contexts"]),
         regions=tuple(ctx.get("regions", ())),
         min_population=args.min_population,
-        mode=args.mode,
     )
+    if args.mode == "central":
+        # central mode's guarantee per 30 days includes the LDP census, so its census is
+        # small and monthly (docs/privacy.md)
+        config = replace(config, mode="central", epsilon=0.1, census_interval_days=30)
     offers = load_offers(args.catalog)
     catalog = Catalog.from_offers(offers, taxonomy, config.contexts, d=config.d)
     created = args.created if args.created is not None else time.time()

@@ -137,6 +137,8 @@ def _cell_run(
     return {
         "cell": asdict(cell),
         "name": cell.name,
+        "unit": cell.unit,
+        **_guarantee(cell, run.epochs),
         "tag": tag,
         "devices": len(fleet.devices),
         "epochs": run.epochs,
@@ -150,6 +152,30 @@ def _cell_run(
         # per published bundle: cohorts carried and published (populations ≥ k)
         "cohort_rounds": rounds,
         "seconds": time.perf_counter() - t0,
+    }
+
+
+def _guarantee(cell: Cell, epochs: int) -> dict[str, Any]:
+    """The device-level figures of a ``device-30-days`` cell: its ε and ρ per 30 days, and the
+    ε over the device's whole simulated history (``epochs`` days: its 30-day windows' ρ add up)
+    and over the bundle's published horizon. Other cells carry None."""
+    from localrank.privacy.continual import epsilon_for_rho, history_rho
+
+    g = cell.config(D).central_guarantee
+    if g is None:
+        return {"epsilon_30_days": None, "rho_30_days": None, "epsilon_history": None,
+                "history_days": None, "delta": None}  # fmt: skip
+    return {
+        "epsilon_30_days": g.epsilon_window,
+        "rho_30_days": g.rho_window,
+        "epsilon_history": epsilon_for_rho(history_rho(g.rho_window, max(epochs, 1)), g.delta),
+        "history_days": epochs,
+        "epsilon_published_horizon": g.epsilon_history,
+        "published_horizon_days": g.history_days,
+        "delta": g.delta,
+        "mechanism": g.mechanism,
+        "cadence_days": g.cadence_days,
+        "reports_per_window": g.reports_per_window,
     }
 
 
@@ -331,17 +357,21 @@ def markdown(report: dict[str, Any]) -> str:
         f"ALS (centralised, all raw training data): NDCG@10 {als:.4f}, "
         f"HR@10 {report['als']['hr@10']:.4f}, coverage {report['als']['coverage']:.3f}.",
         "",
-        "| cell | popularity NDCG@10 | segment NDCG@10 | on-device full NDCG@10 | full / ALS | "
-        "full HR@10 | full coverage | epochs | reported |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cell | unit | popularity NDCG@10 | segment NDCG@10 | on-device full NDCG@10 | "
+        "full / ALS | full HR@10 | full coverage | epochs | reported | ε whole history |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["cells"]:
         m = r["metrics"]
         full = m["full/0"]
+        history = r.get("epsilon_history")
+        whole = "" if history is None else f"{history:.2f} over {r['history_days']} d"
         lines.append(
-            f"| {r['name']} | {m['off/0']['ndcg@10']:.4f} | {m['coarse/0']['ndcg@10']:.4f} | "
+            f"| {r['name']} | {r.get('unit', '')} | {m['off/0']['ndcg@10']:.4f} | "
+            f"{m['coarse/0']['ndcg@10']:.4f} | "
             f"{full['ndcg@10']:.4f} | {full['ndcg@10'] / als:.0%} | {full['hr@10']:.4f} | "
-            f"{full['coverage']:.3f} | {r['epochs']} | {r['reported_share']:.0%} |"
+            f"{full['coverage']:.3f} | {r['epochs']} | {r['reported_share']:.0%} | "
+            f"{whole} |"
         )
     ceilings = report.get("ceilings", {})
     if ceilings:
@@ -393,7 +423,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         if c["epsilon"] is None:
             flat.append((f"k-anonymity only, k={c['min_population']}", ndcg))
         else:
-            series.setdefault(f"{c['mode']}, k={c['min_population']}", []).append(
+            unit = r.get("unit", "")
+            series.setdefault(f"{c['mode']} ({unit}), k={c['min_population']}", []).append(
                 (c["epsilon"], ndcg)
             )
     for name, pts in sorted(series.items()):
@@ -414,7 +445,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             label="popularity (level off)",
         )
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("ε (per report in ldp mode; the server's in central mode)")
+    ax.set_xlabel("ε (per report in ldp; per device-epoch or per device over 30 days in central)")
     ax.set_ylabel("NDCG@10")
     ax.set_title("MovieLens-100K: quality against privacy")
     ax.set_ylim(bottom=0)

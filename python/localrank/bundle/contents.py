@@ -10,6 +10,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -26,14 +27,39 @@ from localrank.errors import (
     BundleSignatureError,
     InputError,
 )
+from localrank.privacy.continual import (
+    WINDOW_DAYS,
+    calibrate,
+    census_rho,
+    epsilon_for_rho,
+    rho_for_epsilon,
+)
 from localrank.privacy.oracles import choose_oracle
 from localrank.shared.catalog import Catalog
 from localrank.shared.segments import SegmentTable, build_segments
 from localrank.shared.taxonomy import Taxonomy
 
-__all__ = ["Bundle", "BundleConfig", "build_bundle", "open_bundle"]
+__all__ = ["Bundle", "BundleConfig", "CentralGuarantee", "build_bundle", "open_bundle"]
 
 Mode = Literal["ldp", "central"]
+#: How ``central`` mode noises its counts: a continual-release mechanism under one device-level
+#: guarantee per 30 days (``sqrt``, ``tree``, ``summed``: ``localrank.privacy.continual``), or
+#: ``epoch-laplace``, the first design (discrete Laplace per epoch at ``central_epsilon``, a
+#: guarantee per device-epoch only). A bundle whose config predates the key meant the latter.
+CentralMechanism = Literal["sqrt", "tree", "summed", "epoch-laplace"]
+CONTINUAL_MECHANISMS = ("sqrt", "tree", "summed")
+_LEGACY_MECHANISM = "epoch-laplace"
+#: Config keys added with the continual release; a bundle without them is read as before.
+_CENTRAL_KEYS = (
+    "central_mechanism",
+    "central_cadence_days",
+    "central_window_reports",
+    "central_epsilon_window",
+    "central_delta",
+    "central_history_days",
+)
+#: The derived guarantee a central bundle publishes beside its parameters.
+_GUARANTEE_KEY = "central_guarantee"
 
 #: How far in the device's future a bundle's ``created`` may lie: phone clocks drift and time
 #: zones get misset, but a day covers both. Further is a forged or mis-stamped bundle, which
@@ -51,7 +77,14 @@ class BundleConfig:
     public parameters of each report's instantaneous
     and permanent randomised response; ``report_limit`` is ``L``, the most engagement reports a
     device sends per epoch (the server's noise assumes it); ``central_epsilon`` is the server's
-    ε for the discrete noise it adds in ``central`` mode.
+    ε for the discrete noise it adds in ``central`` mode under the first design
+    (``central_mechanism = "epoch-laplace"``).
+
+    ``central_*`` configure ``central`` mode's continual release (docs/privacy.md): the
+    mechanism, a release every ``central_cadence_days``, at most ``central_window_reports``
+    (``W``) engagement reports per device in any 30 days, and the device-level target
+    ``central_epsilon_window`` per 30 days at ``central_delta``, census included, over a
+    history of ``central_history_days``. :attr:`central_guarantee` derives what that promises.
     """
 
     d: int
@@ -71,6 +104,12 @@ class BundleConfig:
     embedding_version: str = "content-1"
     #: Segment ids reserved for learned interest cohorts (``~0``, ``~1``, …); 0: no cohorts.
     cohort_slots: int = 0
+    central_mechanism: CentralMechanism = "sqrt"
+    central_cadence_days: int = 30
+    central_window_reports: int = 30
+    central_epsilon_window: float = 1.0
+    central_delta: float = 1e-6
+    central_history_days: int = 365
 
     def __post_init__(self) -> None:
         def need(ok: bool, arg: str, expected: str, got: object) -> None:
@@ -102,12 +141,33 @@ class BundleConfig:
             "an integer ≥ 1",
             self.census_interval_days,
         )
+        need(
+            self.central_mechanism in (*CONTINUAL_MECHANISMS, _LEGACY_MECHANISM),
+            "central_mechanism",
+            f"one of {[*CONTINUAL_MECHANISMS, _LEGACY_MECHANISM]}",
+            self.central_mechanism,
+        )
+        for name in ("central_cadence_days", "central_window_reports", "central_history_days"):
+            v = getattr(self, name)
+            need(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                name,
+                "an integer ≥ 1",
+                v,
+            )
+        need(
+            isinstance(self.central_delta, float) and 0 < self.central_delta < 1,
+            "central_delta",
+            "a number in (0, 1)",
+            self.central_delta,
+        )
         for name in (
             "epsilon",
             "epsilon_perm",
             "central_epsilon",
             "epoch_epsilon",
             "window_epsilon",
+            "central_epsilon_window",
         ):
             v = getattr(self, name)
             need(
@@ -116,23 +176,81 @@ class BundleConfig:
                 "a finite number > 0",
                 v,
             )
+        if self.mode == "central" and self.central_mechanism in CONTINUAL_MECHANISMS:
+            # A central bundle publishes only a guarantee it keeps: the LDP census is charged
+            # to the same 30-day budget, and must leave the engagement counts something.
+            rho_window = rho_for_epsilon(self.central_epsilon_window, self.central_delta)
+            rho_census = census_rho(self.epsilon, self.census_per_window)
+            need(
+                rho_census < rho_window,
+                "epsilon",
+                f"a census (ε = {self.epsilon:g} every {self.census_interval_days} days, "
+                f"ρ = {rho_census:.4g} per 30 days) that leaves room in central mode's "
+                f"budget of ε = {self.central_epsilon_window:g} per 30 days "
+                f"(ρ = {rho_window:.4g}): lower epsilon or raise census_interval_days, "
+                "e.g. ε = 0.1 once per 30 days",
+                self.epsilon,
+            )
+
+    @property
+    def census_per_window(self) -> int:
+        """At most how many census reports a device sends in any rolling 30 days (one per
+        ``census_interval_days``: days 0, 7, 14, 21, 28 at 7)."""
+        return math.ceil(WINDOW_DAYS / self.census_interval_days)
+
+    @property
+    def central_guarantee(self) -> CentralGuarantee | None:
+        """What ``central`` mode promises one device over any 30 days, or None (``ldp`` mode,
+        or the first central design, which promised a per-epoch ε only)."""
+        if self.mode != "central" or self.central_mechanism not in CONTINUAL_MECHANISMS:
+            return None
+        return _central_guarantee(
+            self.central_mechanism,
+            self.central_cadence_days,
+            self.central_window_reports,
+            self.report_limit,
+            self.central_epsilon_window,
+            self.central_delta,
+            self.central_history_days,
+            self.epsilon,
+            self.census_per_window,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["contexts"] = list(self.contexts)
         out["regions"] = list(self.regions)
+        guarantee = self.central_guarantee
+        if guarantee is not None:
+            # Derived from the keys above; published so that anyone reading the bundle sees the
+            # promise without re-deriving it. Devices check it against their own derivation.
+            out[_GUARANTEE_KEY] = asdict(guarantee)
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BundleConfig:
         known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
+        unknown = set(data) - known - {_GUARANTEE_KEY}
         if unknown:
             raise BundleFormatError(f"bundle: unknown config keys {sorted(unknown)}")
-        kw = dict(data)
+        kw = {k: v for k, v in data.items() if k != _GUARANTEE_KEY}
         kw["contexts"] = tuple(kw.get("contexts", ()))
         kw["regions"] = tuple(kw.get("regions", ()))
-        return cls(**kw)
+        if not any(k in kw for k in _CENTRAL_KEYS):
+            # A bundle from before the continual release: its central mode was the per-epoch
+            # design, and it must keep meaning what it meant when it was signed.
+            kw["central_mechanism"] = _LEGACY_MECHANISM
+        config = cls(**kw)
+        published = data.get(_GUARANTEE_KEY)
+        derived = config.central_guarantee
+        if (published is None) != (derived is None) or (
+            derived is not None and not _same_guarantee(published, asdict(derived))
+        ):
+            raise BundleFormatError(
+                f"bundle: the published {_GUARANTEE_KEY} {published!r} does not match its "
+                f"parameters, which give {None if derived is None else asdict(derived)!r}"
+            )
+        return config
 
     def context_id(self, context: str) -> int:
         """The integer id of a context (its position in the bundle's list)."""
@@ -143,6 +261,100 @@ class BundleConfig:
                 f"context: expected one of the bundle's contexts {list(self.contexts)}, "
                 f"got {context!r}"
             ) from None
+
+
+@dataclass(frozen=True)
+class CentralGuarantee:
+    """What ``central`` mode promises one device over any rolling 30 days (docs/privacy.md).
+
+    ``rho_window`` (zCDP) covers everything the server ever publishes *and* the device's LDP
+    census (``rho_census``); the mechanism's noise is calibrated to the rest,
+    ``rho_engagement``, for at most ``reports_per_window`` engagement reports (``W``, at most
+    ``reports_per_epoch`` = ``L`` a day), each offer reported at most once in the device's
+    lifetime. ``rho_per_report`` is one report's share, what the device's ledger records.
+    ``epsilon_window`` and ``epsilon_history`` show ρ as (ε, ``delta``) for one window and for
+    ``history_days`` (the windows' ρ add up: ``localrank.privacy.continual.history_rho``).
+    """
+
+    mechanism: str
+    cadence_days: int
+    releases: int  # over history_days, what the mechanism is calibrated for
+    history_days: int
+    reports_per_epoch: int
+    reports_per_window: int
+    census_epsilon: float
+    census_per_window: int
+    rho_window: float
+    rho_census: float
+    rho_engagement: float
+    rho_per_report: float
+    delta: float
+    epsilon_window: float
+    epsilon_history: float
+    sigma_counts: float  # the noise scale of each noised value, in counts
+
+
+@lru_cache(maxsize=64)
+def _central_guarantee(
+    mechanism: str,
+    cadence_days: int,
+    window_reports: int,
+    report_limit: int,
+    epsilon_window: float,
+    delta: float,
+    history_days: int,
+    census_epsilon: float,
+    census_per_window: int,
+) -> CentralGuarantee:
+    rho_window = rho_for_epsilon(epsilon_window, delta)
+    rho_census = census_rho(census_epsilon, census_per_window)
+    cal = calibrate(
+        mechanism,
+        rho_window=rho_window,
+        history_days=history_days,
+        cadence_days=cadence_days,
+        reports_per_window=window_reports,
+        reports_per_epoch=report_limit,
+        rho_census=rho_census,
+        delta=delta,
+    )
+    return CentralGuarantee(
+        mechanism=mechanism,
+        cadence_days=cadence_days,
+        releases=cal.horizon,
+        history_days=history_days,
+        reports_per_epoch=report_limit,
+        reports_per_window=cal.reports_per_window,
+        census_epsilon=float(census_epsilon),
+        census_per_window=census_per_window,
+        rho_window=cal.rho_window,
+        rho_census=cal.rho_census,
+        rho_engagement=cal.rho_engagement,
+        rho_per_report=cal.rho_engagement / cal.reports_per_window,
+        delta=delta,
+        epsilon_window=epsilon_for_rho(cal.rho_window, delta),
+        epsilon_history=cal.epsilon_history(history_days),
+        sigma_counts=cal.sigma_counts,
+    )
+
+
+def _same_guarantee(published: object, derived: dict[str, Any]) -> bool:
+    """Equal keys, equal strings and integers, floats equal to a relative 1e-9 (the derivation
+    is deterministic; the slack only absorbs a libm that rounds one ulp differently)."""
+    if not isinstance(published, dict) or set(published) != set(derived):
+        return False
+    for key, want in derived.items():
+        got = published[key]
+        if isinstance(want, float):
+            if not _is_number(got) or not math.isclose(got, want, rel_tol=1e-9, abs_tol=0.0):
+                return False
+        elif got != want or type(got) is not type(want):
+            return False
+    return True
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -485,11 +485,15 @@ class Engine:
         """When this device could next make an engagement report under its 30-day privacy
         budget: ``now`` when one fits now, else the moment enough past spending ages out. A
         sync client can sleep until then instead of waking up to send nothing. (In central
-        mode an engagement report spends no local ε, so this is always ``now``.)"""
+        mode an engagement report spends no local ε: the limit is the 30-day cap ``W`` of the
+        continual release, or none under the per-epoch design.)"""
         t = self._now(now)
         c = self.bundle.config
         if c.mode != "ldp":
-            return t
+            guarantee = c.central_guarantee
+            if guarantee is None:
+                return t
+            return self._reporter.accountant.central_window_frees_at(guarantee, t)
         return self._reporter.accountant.window_frees_at(c.epsilon, c, t)
 
     def take_batch(self, *, now: float | None = None) -> OutboxBatch | None:

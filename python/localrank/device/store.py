@@ -115,6 +115,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX events_kind_t ON events(kind, t, offer);
     """,
+    # 6: central mode's device-level guarantee: the offers this device has reported in
+    #    central mode (each at most once in its lifetime, and counted against L and W), and
+    #    the zCDP ρ each ledger line spends
+    """
+    ALTER TABLE ledger ADD COLUMN rho REAL;
+    CREATE TABLE reported_offers (
+        offer     TEXT PRIMARY KEY,          -- a public catalog offer id
+        epoch     INTEGER NOT NULL,
+        t         REAL NOT NULL
+    );
+    CREATE INDEX reported_offers_t ON reported_offers(t);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

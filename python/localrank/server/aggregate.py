@@ -18,6 +18,11 @@ One run, under the server's (injectable) clock:
    :mod:`localrank.server.offer_embeddings`), signed with :func:`localrank.bundle.build_bundle` as
    version ``latest + 1``. Only folded (noised) epochs are ever used, so repeated publishing
    never re-spends privacy on the same reports.
+
+In ``central`` mode under the continual release (the bundle's ``central_guarantee``), central
+engagement reports are folded into exact counts instead, released every ``cadence_days`` through
+the continual mechanism and published as all-time counts from the latest stored release
+(:mod:`localrank.server.central_release`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from localrank.bundle import Bundle, build_bundle, load_private_key, open_bundle
 from localrank.errors import InputError
+from localrank.server.central_release import (
+    CENTRAL_CONFIG,
+    EXACT_KIND,
+    CentralRelease,
+    exact_central_sums,
+    release_due,
+    split_central,
+)
 from localrank.server.cohorts import next_cohorts
 from localrank.server.ingest import PublishedHistory
 from localrank.server.offer_embeddings import embedding_version, learned_embeddings
@@ -122,6 +135,8 @@ class AggregationResult:
     census_reports: int = 0
     engagement_reports: int = 0
     usable_segments: int = 0
+    #: (series, step) of every continual release this run made (central mode)
+    released: list[tuple[int, int]] = field(default_factory=list)
 
 
 def closed_before(now: float, grace_seconds: float) -> int:
@@ -205,6 +220,7 @@ class Aggregator:
             tracked = np.union1d(tracked, bundle.cohorts.ids.astype(np.int64))
         # The stored bundles are read once per run: folding and publishing read the same set.
         accepted = self._published_configs()
+        guarantee = cfg.central_guarantee
         folded: list[int] = []
         for epoch in self.storage.raw_epochs():
             if epoch >= closed:
@@ -212,6 +228,10 @@ class Aggregator:
             rows = self._only_published(
                 self.storage.raw_reports(epoch), accepted, f"fold {epoch}"
             )
+            central: list[ReportRow] = []
+            if guarantee is not None:
+                # counted exactly here, noised once per release step by the mechanism
+                central, rows = split_central(rows)
             sums = fold_reports(
                 rows,
                 epoch=epoch,
@@ -223,19 +243,35 @@ class Aggregator:
                 report_limit=cfg.report_limit,
                 noise=s.noise,
             )
+            sums += exact_central_sums(
+                central,
+                epoch=epoch,
+                d_seg=bundle.segments.d_seg,
+                parents=bundle.segments.parents,
+                offers=bundle.catalog.ids,
+                tracked=tracked,
+            )
             if self.storage.fold(epoch, sums, t, delete_raw=s.raw_retention_epochs == 0):
                 folded.append(epoch)
-        result = AggregationResult(folded)
+        released: list[tuple[int, int]] = []
+        release: CentralRelease | None = None
+        if guarantee is not None:
+            released, release = release_due(
+                self.storage, bundle, closed=closed, now=t, tracked=tracked, noise=s.noise
+            )
+        result = AggregationResult(folded, released=released)
         half_life = (bundle.expires - bundle.created) / 2
-        if folded or force_publish or t >= bundle.created + half_life:
-            result = self._publish(bundle, t, closed, result, accepted)
+        if folded or released or force_publish or t >= bundle.created + half_life:
+            result = self._publish(bundle, t, closed, result, accepted, release)
         current = epoch_of(t)
         census_window = s.census_window or cfg.census_interval_days
+        # exact central counts wait up to one release cadence for their step
+        cadence = guarantee.cadence_days if guarantee is not None else 0
         purged = self.storage.purge(
             raw_before=current - s.raw_retention_epochs,
             nonces_before=current - s.nonce_retention_epochs,
             # Sums older than every window a publish reads are never read again.
-            sums_before=closed - 1 - max(s.window_epochs, census_window) - 2,
+            sums_before=closed - 1 - max(s.window_epochs, census_window, cadence) - 2,
             keep_bundles=s.keep_bundles,
         )
         return replace(result, purged_reports=purged[0], purged_nonces=purged[1])
@@ -247,6 +283,7 @@ class Aggregator:
         closed: int,
         result: AggregationResult,
         accepted: set[tuple[str, str]],
+        release: CentralRelease | None = None,
     ) -> AggregationResult:
         s = self.settings
         cfg = bundle.config
@@ -254,11 +291,19 @@ class Aggregator:
         census_window = s.census_window or cfg.census_interval_days
         first_census = last - census_window + 1
         rows = self.storage.sums(min(last - s.window_epochs, first_census - 1) + 1, last)
+        rows = [r for r in rows if r.kind != EXACT_KIND]  # exact counts are never published
         decoded = self._decode(self._only_published(rows, accepted, "publish"))
         first_eng = last - s.window_epochs + 1
         eng_sums = [
             e for r, e in decoded if isinstance(e, EngagementSums) and r.epoch >= first_eng
         ]
+        central_variance: float | None = None
+        if cfg.central_guarantee is not None:
+            # central counts come from the latest continual release alone (all-time counts)
+            eng_sums = [e for e in eng_sums if e.config != CENTRAL_CONFIG]
+            if release is not None:
+                eng_sums.append(release.as_sums())
+                central_variance = release.variance
         census = [c for r, c in decoded if isinstance(c, CensusSums) and r.epoch >= first_census]
         segs = bundle.segments
         pops = populations(
@@ -278,6 +323,7 @@ class Aggregator:
             report_limit=cfg.report_limit,
             noise=s.noise,
             parents=segs.parents,
+            central_noise_variance=central_variance,
         )
         published = pops.published if census else segs.populations
         cohorts = next_cohorts(

@@ -250,9 +250,12 @@ def engagement(
     report_limit: int,
     noise: bool = True,
     parents: np.ndarray | None = None,
+    central_noise_variance: float | None = None,
 ) -> Engagement:
     """Sum the engagement estimates of every partial sum onto the current catalog's offers and
-    the union of the tracked segments. With ``parents``, also each segment's ``influence``."""
+    the union of the tracked segments. With ``parents``, also each segment's ``influence``.
+    ``central_noise_variance``: the noise variance of each central count when it comes from
+    the continual release (:mod:`localrank.server.central_release`), not per-epoch Laplace."""
     usable = []
     for s in sums:
         try:
@@ -291,6 +294,7 @@ def engagement(
     one_report = 0.0
     reports = 0
     noise_var = discrete_laplace_variance(central_epsilon, report_limit) if noise else 0.0
+    central_var = noise_var if central_noise_variance is None else central_noise_variance
     for s in sums:
         mode, oracle, eps, perm = parse_config(s.config)
         rows_here = np.array([row.get(o, -1) for o in s.offers])
@@ -299,7 +303,7 @@ def engagement(
         values = s.values[keep].astype(np.float64)  # (o, 4, T)
         if mode == "central":
             est = values
-            var = np.full_like(est, noise_var)
+            var = np.full_like(est, central_var)
             totals = values.sum(axis=2)
             reports += int(max(values.sum(), 0))
             if influence is not None and parents is not None:
@@ -326,7 +330,7 @@ def engagement(
         if mode == "central":
             # Noised counts summed over the T cells of each offer and event.
             popularity[target] += totals @ w
-            popularity_var[target] += s.segments.size * noise_var * float(np.sum(w**2))
+            popularity_var[target] += s.segments.size * central_var * float(np.sum(w**2))
         else:
             counted[target] += totals @ w
             counted_var[target] += noise_var * float(np.sum(w**2))

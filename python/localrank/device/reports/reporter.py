@@ -9,6 +9,9 @@ Rules (docs/design.md, "Wire contract"):
   non-sensitive catalog offers become engagement reports; everything else stays on the device.
 - At most ``L`` engagement reports per epoch; later events wait for later epochs. A census
   (the finest segment, always through LDP) at most once per ``census_interval_days``.
+- In ``central`` mode under the continual release, also at most ``W`` engagement reports in
+  any 30 days, and each offer at most once in the device's lifetime: an event about an offer
+  already reported is never reported (the accountant keeps the list).
 - A report carries the epoch in which it is made, which is the epoch it is sent in: reports
   are made when the sync client asks for a batch.
 - In ``ldp`` mode the segment goes through the oracle: a permanent response memoised per true
@@ -33,6 +36,7 @@ from localrank.device.segmentation import SegmentInfo
 from localrank.device.settings import Settings
 from localrank.device.store import Store
 from localrank.privacy import oracles
+from localrank.privacy.continual import census_rho
 from localrank.shared.clock import epoch_of
 from localrank.wire.reports import ENGAGEMENT_EVENTS, census, engagement
 
@@ -151,6 +155,7 @@ class Reporter:
         value: int | str
         with self._store.transaction() as db:
             last = Outbox.last_census_at(db)
+            guarantee = c.central_guarantee
             if last is None or now - last >= c.census_interval_days * 86400:
                 why = self.accountant.refusal(c.epsilon, c, now)
                 if why is None:
@@ -162,7 +167,13 @@ class Reporter:
                         epsilon_perm=c.epsilon_perm,
                         value=value,
                     )
-                    self._queue(db, r, c.epsilon, now, "census of the finest segment", None)
+                    note = "census of the finest segment"
+                    rho = None
+                    if guarantee is not None:
+                        # charged to central mode's 30-day ρ too: ε-DP is ε²/2-zCDP
+                        rho = census_rho(c.epsilon, 1)
+                        note += f", ρ = {rho:.3g} of central mode's {guarantee.rho_window:.3g}"
+                    self._queue(db, r, c.epsilon, now, note, None, rho)
                 else:
                     stopped.append(f"census: {why}")
             made = Outbox.made(db, "engagement", epoch)
@@ -177,8 +188,13 @@ class Reporter:
                 if row < 0 or b.catalog.sensitive[row]:
                     Outbox.done_waiting(db, event_id)
                     continue
+                if guarantee is not None and Accountant.already_reported(db, offer):
+                    Outbox.done_waiting(db, event_id)  # once per offer, ever
+                    continue
                 spend = c.epsilon if c.mode == "ldp" else 0.0
                 why = self.accountant.refusal(spend, c, now)
+                if why is None and guarantee is not None:
+                    why = Accountant.central_refusal(db, guarantee, now)
                 if why is not None:
                     stopped.append(f"engagement: {why}")
                     break
@@ -205,13 +221,25 @@ class Reporter:
                         offer=offer,
                         event=kind,
                     )
-                note = (
-                    "engagement, segment randomised on the device"
-                    if c.mode == "ldp"
-                    else f"engagement in central mode: k-anonymous segment, server noise "
-                    f"ε = {c.central_epsilon:g}"
-                )
-                self._queue(db, r, spend, now, note, event_id)
+                rho = None
+                if c.mode == "ldp":
+                    note = "engagement, segment randomised on the device"
+                elif guarantee is None:
+                    note = (
+                        "engagement in central mode: k-anonymous segment, server noise "
+                        f"ε = {c.central_epsilon:g} per epoch"
+                    )
+                else:
+                    Accountant.record_central(db, offer, now)
+                    rho = guarantee.rho_per_report
+                    note = (
+                        "engagement in central mode: k-anonymous segment, counted by the "
+                        f"server's continual release ({guarantee.mechanism}); this report's "
+                        f"share ρ = {rho:.3g} of ρ = {guarantee.rho_window:.3g} per 30 days "
+                        f"(ε = {guarantee.epsilon_window:.3g}, δ = {guarantee.delta:g}, "
+                        "census included)"
+                    )
+                self._queue(db, r, spend, now, note, event_id, rho)
                 Outbox.done_waiting(db, event_id)
                 made += 1
         return stopped
@@ -224,8 +252,9 @@ class Reporter:
         now: float,
         note: str,
         event_id: int | None,
+        rho: float | None = None,
     ) -> None:
         Outbox.queue(db, report, epsilon=epsilon, now=now, event_id=event_id)
         Accountant.record(
-            db, t=now, kind="report", epsilon=epsilon, report=report["nonce"], note=note
+            db, t=now, kind="report", epsilon=epsilon, report=report["nonce"], note=note, rho=rho
         )

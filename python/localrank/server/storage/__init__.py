@@ -21,6 +21,11 @@ Tables (``docs/server.md`` explains each):
     The epochs whose raw reports were folded into ``sums``.
 ``bundles``
     Every published bundle (its signed bytes), by version.
+``releases``
+    Central mode's continual release (:mod:`localrank.server.central_release`): one row per
+    release step of a counter series, holding the mechanism's state after that step. The
+    primary key (series, step) makes each step's noise drawn and stored once, whatever the
+    number of aggregation workers.
 
 The SQL is written once with ``?`` placeholders and ``{blob}``-style type tokens; each backend
 substitutes its own. A backend fault (locked, unreachable, read-only, out of space) surfaces as
@@ -42,6 +47,7 @@ __all__ = [
     "MIGRATIONS",
     "NONCE_RETENTION_EPOCHS",
     "BundleRow",
+    "ReleaseRow",
     "ReportRow",
     "SqlStorage",
     "Storage",
@@ -94,6 +100,16 @@ MIGRATIONS: tuple[str, ...] = (
         data     {blob} NOT NULL
     );
     """,
+    """
+    CREATE TABLE releases (
+        series      INTEGER NOT NULL,
+        step        INTEGER NOT NULL,
+        first_epoch INTEGER NOT NULL,
+        at          {double} NOT NULL,
+        data        {blob} NOT NULL,
+        PRIMARY KEY (series, step)
+    );
+    """,
 )
 
 
@@ -133,6 +149,18 @@ class BundleRow:
     version: int
     digest: str
     created: float
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    """One step of a continual-release series: ``data`` is an ``npz`` blob of the mechanism's
+    state after the step (:mod:`localrank.server.central_release`)."""
+
+    series: int
+    step: int
+    first_epoch: int
+    at: float
     data: bytes
 
 
@@ -209,6 +237,17 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def add_bundle(self, row: BundleRow) -> bool:
         """Insert a bundle; False if that version exists already (another worker won)."""
+
+    # -- central mode's continual release -------------------------------------------------------
+
+    @abc.abstractmethod
+    def latest_release(self) -> ReleaseRow | None:
+        """The last release step stored (highest series, then step), or None."""
+
+    @abc.abstractmethod
+    def add_release(self, row: ReleaseRow) -> bool:
+        """Insert a release step; False, writing nothing, if that (series, step) exists (another
+        worker released it first: its noise is the one that counts)."""
 
     # -- inspection (metrics, tests, the load test) --------------------------------------------
 
@@ -413,6 +452,26 @@ class SqlStorage(Storage):
                 "INSERT INTO bundles (version, digest, created, data) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (version) DO NOTHING RETURNING version",
                 (row.version, row.digest, row.created, row.data),
+            )
+        return bool(done)
+
+    def latest_release(self) -> ReleaseRow | None:
+        with self.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT series, step, first_epoch, at, data FROM releases "
+                "ORDER BY series DESC, step DESC LIMIT 1"
+            )
+        if not rows:
+            return None
+        series, step, first, at, data = rows[0]
+        return ReleaseRow(int(series), int(step), int(first), float(at), bytes(data))
+
+    def add_release(self, row: ReleaseRow) -> bool:
+        with self.transaction() as tx:
+            done = tx.execute(
+                "INSERT INTO releases (series, step, first_epoch, at, data) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (series, step) DO NOTHING RETURNING step",
+                (row.series, row.step, row.first_epoch, row.at, row.data),
             )
         return bool(done)
 
