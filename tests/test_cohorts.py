@@ -136,7 +136,9 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def simulate(directory: Path, mode: str) -> Run:
+def simulate(directory: Path, mode: str, small: dict[str, int] | None = None) -> Run:
+    """The run: :data:`GROUPS` × :data:`PER_GROUP` devices and the twins, plus ``small``
+    groups (category: devices), over :data:`DAYS` days."""
     keys = Keys(directory / "keys")
     cfg = cohort_config(mode)
     base = cohort_bundle(keys, cfg)
@@ -147,6 +149,7 @@ def simulate(directory: Path, mode: str) -> Run:
     devices: list[Device] = []
     names = [(g, f"{g}-{i}", i) for g in GROUPS for i in range(PER_GROUP)]
     names += [("books", "twin-plain", 0), ("books", "twin-sensitive", 0)]
+    names += [(g, f"{g}-{i}", i) for g, n in (small or {}).items() for i in range(n)]
     for group, name, i in names:
         engine = Engine.open(
             directory / f"{name}.db", public_key=keys.public, bundle=base, clock=clock
@@ -363,8 +366,12 @@ def test_centroids_lie_at_the_members_mean_fold_in(run: Run) -> None:
 def test_central_centroids_fold_in_exactly_the_reported_engagement(run: Run) -> None:
     """Central mode without server noise: a round's centroid of cohort c is, in direction,
     exactly ``(VᵀV + λI)⁻¹ Vᵀ r_c`` where ``r_c`` is what the devices reported in cohort c
-    (EVENT_WEIGHTS per report) in the epochs folded by then. Merged empty cohorts add zero rows,
-    so only the direction is checked; 1e-5 covers float32 storage of gram_inv and centroids."""
+    (EVENT_WEIGHTS per report) in the epochs folded by then. Only the direction is checked
+    (the row is divided by the census' estimate). Tolerance 1e-4: round 0's cohorts nobody
+    joined (coffee, sci-fi, games) merge into a neighbour with their predicted rates at a census
+    size floored at 1, at most ~1 count against the ≥ 48 of a group's row (≤ 2% of its mass,
+    so ≤ 2e-4 off in cosine, and in practice far less: it lies on other offers); float32
+    storage of gram_inv and the centroids adds ~1e-7."""
     if run.mode != "central":
         pytest.skip("ldp rows carry de-biased noise; the mean test covers them")
     for b in run.rounds()[1:]:
@@ -379,7 +386,7 @@ def test_central_centroids_fold_in_exactly_the_reported_engagement(run: Run) -> 
             assert r.sum() > 0
             V = cat.embeddings.astype(np.float64)
             want = b.cohorts.gram_inv.astype(np.float64) @ (V.T @ r)
-            assert _cos(c, want) >= 1 - 1e-5
+            assert _cos(c, want) >= 1 - 1e-4
 
 
 # -- (c) k-anonymity of cohorts ---------------------------------------------------------------
@@ -493,3 +500,41 @@ def test_the_servers_cohort_state_survives_the_bundle(tmp_path: Path) -> None:
     assert not set(b.extras) & set(payload.to_arrays())
     assert b.cohorts is not None
     np.testing.assert_array_equal(b.cohorts.ids, payload.ids)
+
+
+# -- a taste too small for a cohort of its own ------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["central", "ldp"])
+def small_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Run]:
+    """The same fleet plus three games devices: below min_population, never a cohort alone."""
+    r = simulate(tmp_path_factory.mktemp("small"), request.param, small={"games": 3})
+    yield r
+    for d in r.devices:
+        d.engine.close()
+
+
+def test_a_taste_too_small_for_a_cohort_keeps_its_interest(small_run: Run) -> None:
+    """The games devices' round-0 cohort is never published, so in central mode none of its
+    engagement is collected. A round must not read that as "engaged with nothing": a zero row
+    shrank the games offers' factors to exactly 0, and with them the games devices' u, which
+    left them outside every cohort (and without an interest term) for good. They are merged
+    into a neighbouring published cohort instead, and keep a u that points at their offers."""
+    run = small_run
+    assert len(run.rounds()) >= 3
+    last = run.bundles[-1]
+    assert last.cohorts is not None
+    cat = last.catalog
+    u_of = {name: u for d, name, u in run.us if d == DAYS - 1}
+    games = [d for d in run.devices if d.group == "games"]
+    cohorts = {d.cohort_under[last.digest] for d in games}
+    assert len(cohorts) == 1 and None not in cohorts
+    cid = cohorts.pop()
+    assert cid is not None and last.segments.populations[cid] >= MIN_POPULATION
+    for dev in games:
+        u = u_of[dev.name].astype(np.float64)
+        assert np.linalg.norm(u) > 0
+        interest = [float(u @ cat.embeddings[cat.row_of[f"o-games-{k}"]]) for k in range(4)]
+        assert min(interest) > 0, (dev.name, interest)

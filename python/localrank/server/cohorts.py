@@ -103,11 +103,20 @@ def next_cohorts(
         # No cohort's engagement was collected yet (central mode reports a cohort in the
         # clear only once its population is published): keep the centroids one more interval.
         return CohortPublication(current, pops_out, _round_time(last), False)
+    sizes = np.maximum(pops.estimate[ids], 1.0)
     counts = np.zeros((ids.size, len(bundle.catalog)))
+    V_prev = current.factors.astype(np.float64)
     for r, cid in enumerate(ids):
         if int(cid) in col:
             counts[r] = eng.scores[:, col[int(cid)]]
-    sizes = np.maximum(pops.estimate[ids], 1.0)
+        else:
+            # Not collected (central mode: a cohort not yet published): its taste is unknown
+            # this round, not "engaged with nothing". A zero row would shrink its offers'
+            # factors to 0 and leave its members at u = 0, outside every cohort for good; the
+            # previous round's prediction of its rates keeps the taste in the fit, and
+            # merge_small folds it into its nearest neighbour while it stays small.
+            predicted = np.einsum("if,f->i", V_prev, current.centroids[r], optimize=False)
+            counts[r] = sizes[r] * np.clip(predicted, 0.0, None)
     margin = 0.0
     if pops.influence is not None:
         margin = float(tolerated * np.max(pops.influence[ids]))
