@@ -89,6 +89,7 @@ class Device:
     group: str
     engine: Engine
     offset: int = 0  # where its daily rotation through the group's offers starts
+    joins: int = 0  # the first day it syncs (its history before that stays on the device)
     #: (kind, offer, t, strength) of every event recorded, in order.
     events: list[tuple[str, str, float, float]] = field(default_factory=list)
     #: the cohort under each bundle (by digest), read on the day the bundle was loaded.
@@ -136,9 +137,15 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def simulate(directory: Path, mode: str, small: dict[str, int] | None = None) -> Run:
+def simulate(
+    directory: Path,
+    mode: str,
+    small: dict[str, int] | None = None,
+    joins: dict[str, int] | None = None,
+) -> Run:
     """The run: :data:`GROUPS` × :data:`PER_GROUP` devices and the twins, plus ``small``
-    groups (category: devices), over :data:`DAYS` days."""
+    groups (category: devices), over :data:`DAYS` days; a group in ``joins`` first syncs on
+    that day."""
     keys = Keys(directory / "keys")
     cfg = cohort_config(mode)
     base = cohort_bundle(keys, cfg)
@@ -155,7 +162,7 @@ def simulate(directory: Path, mode: str, small: dict[str, int] | None = None) ->
             directory / f"{name}.db", public_key=keys.public, bundle=base, clock=clock
         )
         engine.update_settings(quiet_hours=None, reporting=True)
-        dev = Device(name, group, engine, offset=i)
+        dev = Device(name, group, engine, offset=i, joins=(joins or {}).get(group, 0))
         # a history before the run: the first census already names a cohort
         for k in range(4):
             dev.record("purchase", f"o-{group}-{(i + k) % 4}", T0 - (5 - k) * DAY)
@@ -173,6 +180,8 @@ def simulate(directory: Path, mode: str, small: dict[str, int] | None = None) ->
                 latest = server.publish(now)
                 bundles.append(open_bundle(latest, keys.public, now=now))
             for dev in devices:
+                if day < dev.joins:
+                    continue
                 e = dev.engine
                 if e.bundle.digest != bundles[-1].digest:
                     e.load_bundle(latest)
@@ -538,3 +547,42 @@ def test_a_taste_too_small_for_a_cohort_keeps_its_interest(small_run: Run) -> No
         assert np.linalg.norm(u) > 0
         interest = [float(u @ cat.embeddings[cat.row_of[f"o-games-{k}"]]) for k in range(4)]
         assert min(interest) > 0, (dev.name, interest)
+
+
+# -- a fleet that starts too small --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["central", "ldp"])
+def late_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Run]:
+    """Three games devices from day 0; the three big groups (and the twins) join on day 8."""
+    r = simulate(
+        tmp_path_factory.mktemp("late"),
+        request.param,
+        small={"games": 3},
+        joins={"groceries": 8, "books": 8, "music": 8},
+    )
+    yield r
+    for d in r.devices:
+        d.engine.close()
+
+
+def test_a_round_with_too_few_devices_keeps_the_cohorts(late_run: Run) -> None:
+    """The first round (ldp: day 7) sees three devices, too few for any cohort. It must keep
+    the cohorts it has: publishing none ended cohorts for good (no device then reports one, so
+    no later round has a row to learn from), whatever the fleet grew to."""
+    run = late_run
+    for b in run.bundles:
+        assert b.cohorts is not None and b.cohorts.ids.size > 0, b.version
+    last = run.bundles[-1]
+    assert last.cohorts is not None
+    assert len(run.rounds()) >= 2, "no cohort round ran once the fleet had grown"
+    per_group = {
+        g: {d.cohort_under[last.digest] for d in run.devices if d.group == g} for g in GROUPS
+    }
+    assert all(len(ids) == 1 and None not in ids for ids in per_group.values()), per_group
+    ids = [next(iter(v)) for v in per_group.values()]
+    assert len(set(ids)) == len(GROUPS)
+    for cid in ids:
+        assert cid is not None and last.segments.populations[cid] >= MIN_POPULATION

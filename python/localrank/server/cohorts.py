@@ -131,6 +131,11 @@ def next_cohorts(
         margin=margin,
     )
     model = done.model
+    if model.payload.ids.size == 0:
+        # Too few devices for any cohort: keep the current ones until a census measures
+        # enough. Publishing none would end cohorts for good: without a cohort no device
+        # reports one, so no later round would have a row to learn from.
+        return CohortPublication(current, pops_out, _round_time(last), False)
     pops_out[slots.start : slots.stop] = UNKNOWN_POPULATION
     for cid, population, provisional in zip(
         model.payload.ids, model.populations, model.provisional, strict=True
