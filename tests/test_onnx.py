@@ -826,3 +826,112 @@ def test_a_plain_catalog_leaves_out_the_parts_it_does_not_need(signing_key: Path
         assert got["scores"].shape == (300,)  # min(k, n)
         assert_same_ranking(got, *rust_rank(x, b, 400))
         assert np.all(got["reasons"][:, ox.REASON_COLUMNS.index("near")] == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A bundle with learned interest cohorts: u is the fold-in, the active segment a cohort
+
+
+def test_cohort_bundle_fold_in_ranks_the_same(signing_key: Path, tmp_path: Path) -> None:
+    """The demo catalog with round-0 cohorts (its embeddings are then the cohorts' factors V)
+    and every segment published, so the device's active segment is its cohort: the engine's
+    ``u`` is the fold-in ``(VᵀV + λI)⁻¹ Σ w V`` (larger than the content mean it replaces),
+    and the exported model ranks the engine's inputs as the Rust kernel does, with the
+    engine's mask, ``adjust`` and reason terms."""
+    from dataclasses import replace
+
+    from tools.demo_catalog import DEMO_EXPIRES, demo_config, demo_offers
+
+    from localrank.device.fold_in import fold_in_sum
+    from localrank.server.cohorts import round_zero
+
+    cfg = replace(demo_config(), segment_depth=1, cohort_slots=24)
+    catalog = Catalog.from_offers(demo_offers(), DEMO_TAXONOMY, DEMO_CONTEXTS, d=cfg.d)
+    segs = build_segments(DEMO_TAXONOMY, DEMO_REGIONS, cfg.segment_depth, cfg.cohort_slots)
+    rng = np.random.default_rng(11)
+    data = build_bundle(
+        catalog=catalog,
+        taxonomy=DEMO_TAXONOMY,
+        config=cfg,
+        cohorts=round_zero(catalog, DEMO_TAXONOMY, cfg),
+        version=1,
+        created=DEMO_CREATED,
+        expires=DEMO_EXPIRES,
+        signing_key=signing_key.read_bytes(),
+        populations=np.full(len(segs), 1000, dtype=np.int64),
+        priors=rng.uniform(0, 1, (len(segs), len(DEMO_TAXONOMY))).astype(np.float32),
+    )
+    engine = Engine.open(
+        tmp_path / "d.db",
+        public_key=signing_key.with_suffix(".pub"),
+        bundle=data,
+        clock=FixedClock(NOW),
+    )
+    b = engine.bundle
+    assert b.cohorts is not None
+    day = 86400.0
+    for i, offer in enumerate(offers_in(b, "sci-fi")[:6]):
+        engine.record("purchase", context="shopping", offer=offer, now=NOW - (i + 1) * day)
+    for i, offer in enumerate(offers_in(b, "books")[:3]):
+        engine.record("click", context="shopping", offer=offer, now=NOW - (i + 2) * day)
+    for i, offer in enumerate(offers_in(b, "coffee", local=True)[:3]):
+        engine.record(
+            "purchase", context="navigation", offer=offer, now=NOW - (i + 2) * day, location=LONDON
+        )
+    engine.record("dismiss", context="shopping", offer=offers_in(b, "music")[0], now=NOW - day)
+    seg = engine.segment()
+    assert seg.cohort is not None and seg.active == seg.cohort
+    # u as the fold-in over the recorded events: weight = EVENT_WEIGHT × 0.5^(age / 14 days),
+    # shared evenly among an offer's categories, each share counted only for a category with
+    # ≥ 3 positive events (so neither the dismissed music offer nor a second category that
+    # only one offer names counts)
+    weight = {"purchase": 3.0, "click": 1.0}
+    events = [(e, b.catalog.row_of[str(e.offer)]) for e in engine.events() if e.kind in weight]
+    evidence: dict[int, int] = {}
+    for _, row in events:
+        for c in b.catalog.categories_of(row).tolist():
+            evidence[c] = evidence.get(c, 0) + 1
+    total = np.zeros(cfg.d)
+    for e, row in events:
+        cats = b.catalog.categories_of(row).tolist()
+        w = weight[e.kind] * 0.5 ** ((NOW - e.t) / (14 * day))
+        strong = sum(evidence[c] >= 3 for c in cats)
+        total += w * strong / len(cats) * b.catalog.embeddings[row].astype(np.float64)
+    folded = fold_in_sum(total, b.cohorts.gram_inv)
+    assert float(np.linalg.norm(folded)) > 0
+    sess = {m: session(ox.build_model(b, k=10, int8=m == "int8")) for m in ("f32", "int8")}
+    checked = 0
+    for level in ("off", "coarse", "full"):
+        engine.update_settings(level=level)
+        for context in ("shopping", "navigation", "news"):
+            for location in (None, LONDON):
+                x = engine.scoring_inputs(context, location=location)
+                if level == "full" and context == "shopping":
+                    assert b.segments.is_cohort(x.segment)
+                    np.testing.assert_allclose(x.u, folded, rtol=1e-5, atol=1e-6)
+                for kind, s in sess.items():
+                    got = run(s, ox.feeds(x, level))
+                    np.testing.assert_array_equal(got["eligible"], x.eligible)
+                    np.testing.assert_array_equal(got["adjust"], x.adjust)
+                    if kind == "f32":
+                        assert_same_ranking(got, *rust_rank(x, b, 10))
+                        checked += 1
+    # the reasons the engine explains with are the model's reason columns, cohort terms too
+    engine.update_settings(level="full")
+    recs = engine.recommend("shopping", k=10)
+    x = engine.scoring_inputs("shopping")
+    got = run(sess["f32"], ox.feeds(x, "full"))
+    idx, _ = ox.drop_masked(got["scores"], got["indices"])
+    rows = {b.catalog.ids[i]: got["reasons"][j] for j, i in enumerate(idx)}
+    assert recs
+    for r in recs:
+        want = dict.fromkeys(ox.REASON_COLUMNS, 0.0) | dict(r.reasons)
+        have = dict(zip(ox.REASON_COLUMNS, rows[r.offer_id].tolist(), strict=True))
+        for k in ox.REASON_COLUMNS:
+            assert have[k] == pytest.approx(want[k], abs=1e-5), (r.offer_id, k)
+    assert any(
+        "taste is like yours" in r.explanation or "similar to offers you engaged" in
+        r.explanation.lower() for r in recs
+    )
+    engine.close()
+    assert checked == 18

@@ -26,6 +26,14 @@ from rich.table import Table
 __all__ = ["main", "run"]
 
 DAY = 86400.0
+#: Cohort ids the embedded demo catalog's bundle reserves: its 17 open categories (round 0)
+#: and room for the cohorts a round may split off.
+DEMO_COHORT_SLOTS = 24
+#: The reasons that come from learned cohorts (explanations.py).
+COHORT_REASONS = (
+    "Popular with people whose taste is like yours",
+    "Similar to offers you engaged with",
+)
 
 
 @dataclass
@@ -43,6 +51,7 @@ def _movielens_world(root: Path, n_devices: int):  # type: ignore[no-untyped-def
     MovieLens, or None when it cannot be fetched."""
     from localrank.bundle import build_bundle, generate_keypair
     from localrank.errors import DataUnavailableError
+    from localrank.server.cohorts import round_zero
     from tools.evaluation.movie_catalog import (
         CONTEXT,
         age_band,
@@ -62,10 +71,15 @@ def _movielens_world(root: Path, n_devices: int):  # type: ignore[no-untyped-def
     split = temporal_split(data)
     key, pub = root / "server-key.pem", root / "server-key.pub.pem"
     generate_keypair(key, pub)
+    catalog, taxonomy = movielens_catalog(data, 32), movielens_taxonomy()
+    config = movielens_config(32)
     base = build_bundle(
-        catalog=movielens_catalog(data, 32),
-        taxonomy=movielens_taxonomy(),
-        config=movielens_config(32),
+        catalog=catalog,
+        taxonomy=taxonomy,
+        config=config,
+        # round 0 of the learned interest cohorts (one per genre): the devices fold themselves
+        # into its factors, and the server learns the next rounds from their reports
+        cohorts=round_zero(catalog, taxonomy, config),
         version=1,
         created=float(data.ratings.timestamp.min()) - DAY,
         expires=float(data.ratings.timestamp.max()) + 400 * DAY,
@@ -98,10 +112,29 @@ def _movielens_world(root: Path, n_devices: int):  # type: ignore[no-untyped-def
 
 def _demo_world(root: Path, n_devices: int):  # type: ignore[no-untyped-def]
     """The embedded demo catalog with synthetic personas (no network needed)."""
-    from tools.demo_catalog import DEMO_CREATED, demo_offers, write_models
+    from dataclasses import replace
+
+    from localrank.bundle import build_bundle
+    from localrank.server.cohorts import round_zero
+    from localrank.shared.catalog import Catalog
+    from tools.demo_catalog import (
+        DEMO_CONTEXTS,
+        DEMO_CREATED,
+        DEMO_EXPIRES,
+        DEMO_TAXONOMY,
+        demo_config,
+        demo_offers,
+        write_models,
+    )
 
     paths = write_models(root / "models")
-    offers = [o for o in demo_offers() if not o.contexts and o.location is None]
+    # offers a persona can buy in the demo's context: every game offer is limited to some
+    # contexts, so 'no contexts' alone left the electronics & games persona without any
+    offers = [
+        o
+        for o in demo_offers()
+        if (not o.contexts or "shopping" in o.contexts) and o.location is None
+    ]
     by_cat: dict[str, list[str]] = {}
     for o in offers:
         by_cat.setdefault(o.categories[0], []).append(o.id)
@@ -125,7 +158,20 @@ def _demo_world(root: Path, n_devices: int):  # type: ignore[no-untyped-def]
         histories[u] = sorted(events, key=lambda e: e[1])
     attrs = {u: {"age_band": "25-34", "occupation": "other", "region": None} for u in histories}
     names = {u: f"persona {u + 1} ({' & '.join(tastes[u % len(tastes)])})" for u in histories}
-    base = paths["bundle"].read_bytes()
+    # models/demo.bundle has no cohorts; the demo's base bundle carries round 0 (one cohort
+    # per open category), so the devices fold themselves into its factors
+    config = replace(demo_config(), cohort_slots=DEMO_COHORT_SLOTS)
+    catalog = Catalog.from_offers(demo_offers(), DEMO_TAXONOMY, DEMO_CONTEXTS, d=config.d)
+    base = build_bundle(
+        catalog=catalog,
+        taxonomy=DEMO_TAXONOMY,
+        config=config,
+        cohorts=round_zero(catalog, DEMO_TAXONOMY, config),
+        version=1,
+        created=DEMO_CREATED,
+        expires=DEMO_EXPIRES,
+        signing_key=paths["key"].read_bytes(),
+    )
     return (
         base,
         paths["key"],
@@ -146,8 +192,14 @@ def run(
     k: int = 5,
     days: int = 7,
     eval_dir: str | Path = "eval-results",
+    quality: bool = True,
+    world: str = "auto",
 ) -> dict[str, object]:
-    """Run the story; returns a summary (for tests)."""
+    """Run the story; returns a summary (for tests). ``quality=False`` leaves out the quality
+    table; ``world`` is ``auto`` (MovieLens when it can be fetched), ``movielens`` or
+    ``embedded``."""
+    if world not in ("auto", "movielens", "embedded"):
+        raise ValueError(f"world: expected 'auto', 'movielens' or 'embedded', got {world!r}")
     from localrank.device.engine import Engine
     from localrank.device.sync import SyncClient
     from localrank.server.app import create_app
@@ -159,8 +211,11 @@ def run(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="localrank-demo-") as tmp:
         root = Path(tmp)
-        world = _movielens_world(root, devices) or _demo_world(root, devices)
-        base, key, pub, histories, attrs, context, start, names, source = world
+        made = None if world == "embedded" else _movielens_world(root, devices)
+        if made is None and world == "movielens":
+            raise RuntimeError("world: MovieLens-100K is unavailable")
+        made = made or _demo_world(root, devices)
+        base, key, pub, histories, attrs, context, start, names, source = made
         console.rule(f"[bold]localrank demo[/] · {len(histories)} devices · {source}")
         # One clock for the server and every device: first at the end of the histories (events
         # are recorded in the past), then moving day by day.
@@ -211,25 +266,42 @@ def run(
             f"v{bundle.version} (embeddings: {bundle.config.embedding_version}), which every "
             "device verified (Ed25519) and loaded."
         )
-        _show_recommendations(console, fleet[:3], context, k)
+        explanations = _show_recommendations(console, fleet[:3], context, k)
+        cohort_reasons = sum(
+            any(r.lower() in e.lower() for r in COHORT_REASONS) for e in explanations
+        )
+        n_cohorts = 0 if bundle.cohorts is None else int(bundle.cohorts.ids.size)
+        console.print(
+            f"{cohort_reasons} of these {len(explanations)} recommendations give a cohort reason: "
+            f"each device folds its own history into the bundle's factors and joins the nearest "
+            f"of its {n_cohorts} interest cohorts, on the device (a cohort's prior ranks only "
+            f"once the census has measured at least {bundle.config.min_population} devices in it)."
+        )
         _show_outbox(console, fleet[0])
         _show_ledger(console, fleet[0])
         for d in fleet:
             d.engine.close()  # type: ignore[attr-defined]
-    quality_source = _show_quality(console, Path(eval_dir))
+    quality_source = _show_quality(console, Path(eval_dir)) if quality else "skipped"
     elapsed = time.perf_counter() - t0
     console.print(f"[dim]demo finished in {elapsed:.0f} s[/]")
     return {
         "devices": len(fleet),
         "reports": sent,
         "bundle_version": bundle.version,
+        "embeddings": bundle.config.embedding_version,
+        "cohorts": 0 if bundle.cohorts is None else int(bundle.cohorts.ids.size),
+        "explanations": explanations,
         "source": source,
         "quality": quality_source,
         "seconds": elapsed,
     }
 
 
-def _show_recommendations(console: Console, devices: list[_Device], context: str, k: int) -> None:
+def _show_recommendations(
+    console: Console, devices: list[_Device], context: str, k: int
+) -> list[str]:
+    """Print each device's top ``k``; returns every explanation shown."""
+    shown: list[str] = []
     for d in devices:
         recs = d.engine.recommend(context, k=k)  # type: ignore[attr-defined]
         table = Table(title=f"{d.name}: top {k} in the {context!r} context", title_justify="left")
@@ -239,7 +311,9 @@ def _show_recommendations(console: Console, devices: list[_Device], context: str
         table.add_column("why (shown to the user)")
         for i, r in enumerate(recs, 1):
             table.add_row(str(i), r.title, f"{r.score:.3f}", r.explanation)
+            shown.append(r.explanation)
         console.print(table)
+    return shown
 
 
 def _show_outbox(console: Console, d: _Device) -> None:

@@ -622,8 +622,12 @@ def _parse_payload(digest: str, payload: bytes) -> Bundle:
         if not np.all(np.isfinite(priors)):
             raise InputError("priors: expected finite values")
         cohorts = None
+        # Only the payload's own arrays leave the extras: the server's other cohort state
+        # (the time of the last round) must travel from one bundle to the next.
+        cohort_arrays: set[str] = set()
         if any(k.startswith(_COHORT_ARRAYS) for k in arrays):
             cohorts = CohortPayload.from_arrays(arrays, _COHORT_ARRAYS)
+            cohort_arrays = set(cohorts.to_arrays(_COHORT_ARRAYS))
             _check_cohorts(cohorts, segments, catalog)
             if not np.array_equal(cohorts.factors, catalog.embeddings):
                 raise InputError("embeddings: expected the cohorts' factors V")
@@ -644,9 +648,7 @@ def _parse_payload(digest: str, payload: bytes) -> Bundle:
         priors=priors,
         digest=digest,
         extras={
-            k: v
-            for k, v in arrays.items()
-            if k.startswith("extra_") and not k.startswith(_COHORT_ARRAYS)
+            k: v for k, v in arrays.items() if k.startswith("extra_") and k not in cohort_arrays
         },
         cohorts=cohorts,
     )

@@ -121,9 +121,18 @@ def next_cohorts(
         pops_out = _with_cohorts(pops_out, slots, payload, populations, cfg)
         return CohortPublication(payload, pops_out, {ROUND_TIME: np.array([t])}, True)
     counts = np.zeros((ids.size, len(bundle.catalog)))
+    V_prev = current.factors.astype(np.float64)
     for r, cid in enumerate(ids):
         if int(cid) in col:
             counts[r] = eng.scores[:, col[int(cid)]]
+        else:
+            # Not collected (central mode: a cohort not yet published): its taste is unknown
+            # this round, not "engaged with nothing". A zero row would shrink its offers'
+            # factors to 0 and leave its members at u = 0, outside every cohort for good; the
+            # previous round's prediction of its rates keeps the taste in the fit, and
+            # merge_small folds it into its nearest neighbour while it stays small.
+            predicted = np.einsum("if,f->i", V_prev, current.centroids[r], optimize=False)
+            counts[r] = sizes[r] * np.clip(predicted, 0.0, None)
     done = cohort_round(
         current,
         counts,
