@@ -101,7 +101,7 @@ fn main() {
                 k: std::env::var("PROBE_K")
                     .ok()
                     .map_or(10, |s| s.parse().unwrap()),
-                threads: 1,
+                threads: Some(1),
                 kernel,
             };
             let (mut tf, mut ti, mut tl) = (vec![], vec![], vec![]);

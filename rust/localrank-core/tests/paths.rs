@@ -160,7 +160,7 @@ fn unavailable_paths_are_refused() {
     for kernel in Kernel::ALL.into_iter().filter(|k| !k.is_available()) {
         let opts = Options {
             k: 1,
-            threads: 1,
+            threads: Some(1),
             kernel,
         };
         let m = Matrix::new("E", &e[..], 1, 1).unwrap();
@@ -520,7 +520,7 @@ impl Catalog {
 fn opts(kernel: Kernel, k: usize) -> Options {
     Options {
         k: k as i64,
-        threads: 1,
+        threads: Some(1),
         kernel,
     }
 }
@@ -785,7 +785,7 @@ fn threads_match_one_pass_on_every_path() {
             &terms,
             &Options {
                 k: 25,
-                threads: 2,
+                threads: Some(2),
                 kernel,
             },
         )

@@ -108,6 +108,12 @@ fn as_ndarray<'py>(
     Ok(array)
 }
 
+/// Whether `obj` is already a numpy array of dtype int8.
+pub fn is_int8_array(obj: &Bound<'_, PyAny>) -> bool {
+    obj.cast::<PyUntypedArray>()
+        .is_ok_and(|a| a.dtype().is_equiv_to(&dtype::<i8>(obj.py())))
+}
+
 /// Borrow (or convert once, then borrow) an array argument as `T`.
 pub fn array<'py, T: Element>(
     obj: &Bound<'py, PyAny>,

@@ -213,6 +213,39 @@ pub(crate) unsafe fn sum_f32(a: &[f32]) -> f32 {
     s
 }
 
+/// The exact sum of int8 values as a plain streaming read (the int8 rows' memory floor):
+/// `sadalp` pairs of bytes into i16 lanes for up to 64 vectors (each adds at most 256 in
+/// magnitude per lane, 64·256 < 2^15), then pairs of i16 into i32 lanes.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn sum_i8(a: &[i8]) -> i64 {
+    let n = a.len();
+    let p = a.as_ptr();
+    let mut total = 0i64;
+    let mut i = 0;
+    while i + 16 <= n {
+        let end = (i + 64 * 16).min(n);
+        let (mut h0, mut h1) = (vdupq_n_s16(0), vdupq_n_s16(0));
+        // SAFETY: i + 32 <= end <= n and i + 16 <= end keep every 16-byte read inside.
+        while i + 32 <= end {
+            h0 = vpadalq_s8(h0, vld1q_s8(p.add(i)));
+            h1 = vpadalq_s8(h1, vld1q_s8(p.add(i + 16)));
+            i += 32;
+        }
+        if i + 16 <= end {
+            h0 = vpadalq_s8(h0, vld1q_s8(p.add(i)));
+            i += 16;
+        }
+        let wide = vpadalq_s16(vpaddlq_s16(h0), h1);
+        total += vaddlvq_s32(wide);
+    }
+    while i < n {
+        // SAFETY: i < n.
+        total += *p.add(i) as i64;
+        i += 1;
+    }
+    total
+}
+
 /// The f32 scoring pass compiled with NEON enabled. The SDOT path uses it too: SDOT adds
 /// nothing for f32.
 ///
