@@ -794,3 +794,41 @@ fn threads_match_one_pass_on_every_path() {
         ok(kernel, "two threads equal to one pass");
     }
 }
+
+/// Passes large enough to prefetch (rows above 8 MiB): the prefetching passes score the same
+/// as scalar, f32 "the same" and int8 bit for bit, on every path.
+#[test]
+fn prefetching_passes_match_scalar_on_every_path() {
+    let mut rng = Rng(12);
+    // 36,000 rows of 64 f32 (9.2 MB) and of 256 int8 (9.2 MB).
+    let cat = Catalog::random(&mut rng, 36_000, 64);
+    let terms = cat.terms(true);
+    let truth = truth(&cat, &terms);
+    let want = score_topk(&cat.u, cat.e(), &terms, &opts(Kernel::Scalar, 50)).unwrap();
+    let wide = Catalog::random(&mut rng, 36_000, 256);
+    let (q, scale) = quantize_int8(wide.e()).unwrap();
+    let qm = Matrix::new("q", &q, wide.n, wide.d).unwrap();
+    let wide_terms = wide.terms(true);
+    let want8 = score_topk_int8(
+        &wide.u,
+        qm,
+        &scale,
+        &wide_terms,
+        None,
+        &opts(Kernel::Scalar, 50),
+    )
+    .unwrap();
+    for kernel in paths() {
+        let got = score_topk(&cat.u, cat.e(), &terms, &opts(kernel, 50)).unwrap();
+        let what = format!("path {} prefetching f32", kernel.name());
+        assert_same(&what, &want, &got, &truth);
+        let got8 = score_topk_int8(&wide.u, qm, &scale, &wide_terms, None, &opts(kernel, 50));
+        assert_eq!(
+            got8.unwrap(),
+            want8,
+            "path {} prefetching int8",
+            kernel.name()
+        );
+        ok(kernel, "prefetching passes the same as scalar");
+    }
+}

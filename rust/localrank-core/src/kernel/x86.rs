@@ -122,7 +122,12 @@ pub(crate) fn prefetch_lines(p: *const u8, bytes: usize) {
     while line < end {
         // SAFETY: a prefetch is a hint; it never faults and reads no value. The address is a
         // line of the row itself.
-        unsafe { _mm_prefetch(p.wrapping_add(line - p as usize) as *const i8, _MM_HINT_T1) };
+        unsafe {
+            _mm_prefetch(
+                p.wrapping_add(line.wrapping_sub(p as usize)) as *const i8,
+                _MM_HINT_T1,
+            )
+        };
         line += 64;
     }
 }
