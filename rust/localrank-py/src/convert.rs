@@ -122,6 +122,22 @@ pub fn array<'py, T: Element>(
     accept: Accept,
 ) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
     let py = obj.py();
+    // The common case first: already an ndarray of exactly `T`, of the right rank and
+    // C-contiguous, borrowed after one type check (PyArray_Check, the dtype, the rank) instead
+    // of the general path's several dtype lookups and comparisons.
+    if std::env::var("X_FAST").is_ok() {
+        if let Ok(typed) = obj.cast::<PyArrayDyn<T>>() {
+            if typed.ndim() == ndim && typed.is_c_contiguous() {
+                return typed.try_readonly().map_err(|e| {
+                    input_error(
+                        py,
+                        arg,
+                        format!("expected an array that is not being written to: {e}"),
+                    )
+                });
+            }
+        }
+    }
     let array = as_ndarray(obj, arg, ndim, accept)?;
     let target = dtype::<T>(py);
     let typed = if array.dtype().is_equiv_to(&target) && array.is_c_contiguous() {
