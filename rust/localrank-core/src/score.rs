@@ -20,7 +20,7 @@ pub struct Options {
     pub k: i64,
     /// How many threads to split the rows over: `Some(t)` splits into `t` ranges (at most one
     /// per row, `1 ..= MAX_THREADS`); `None` picks by size ([`auto_threads`]): one thread
-    /// below [`AUTO_MIN_ROWS`] rows, which is every phone-class call.
+    /// below [`AUTO_MIN_BYTES`] of rows, which is every phone-class call.
     pub threads: Option<i64>,
     /// Which kernel path computes the dot products.
     pub kernel: Kernel,
@@ -56,34 +56,38 @@ impl From<TopK> for Ranked {
 /// The most threads a call may ask for.
 pub const MAX_THREADS: i64 = 256;
 
-/// With `threads=None`, catalogs smaller than this run on the calling thread: below it,
-/// starting and joining threads costs about what they save (docs/kernel.md, "Threads").
-pub const AUTO_MIN_ROWS: usize = 262_144;
+/// With `threads=None`, passes over fewer row bytes than this run on the calling thread
+/// (64 MiB: 262,144 rows at d = 64 in f32, 1,048,576 in int8). Measured on a 2-vCPU machine
+/// shared with other work: below it a second thread cost up to 2.5× (65k–131k f32 rows, int8
+/// up to 262k rows); above it, from 10% slower to 25% faster depending on whether the other
+/// core was free (docs/kernel.md, "Threads").
+pub const AUTO_MIN_BYTES: usize = 64 << 20;
 
-/// With `threads=None`, each thread gets at least this many rows.
-pub const AUTO_ROWS_PER_THREAD: usize = 131_072;
+/// With `threads=None`, each thread gets at least this many row bytes (32 MiB).
+pub const AUTO_BYTES_PER_THREAD: usize = 32 << 20;
 
 /// With `threads=None`, at most this many threads (a phone has 4–8 cores, some of them slow;
 /// the pass is memory-bound at these sizes, so more threads mostly contend for bandwidth).
 pub const AUTO_MAX_THREADS: usize = 4;
 
-/// The thread count `threads=None` picks for a pass over `rows` rows: one below
-/// [`AUTO_MIN_ROWS`], else one per [`AUTO_ROWS_PER_THREAD`] rows, at most
+/// The thread count `threads=None` picks for a pass over `rows` rows of `row_bytes` bytes:
+/// one below [`AUTO_MIN_BYTES`], else one per [`AUTO_BYTES_PER_THREAD`], at most
 /// [`AUTO_MAX_THREADS`] and the machine's available parallelism.
-pub fn auto_threads(rows: usize) -> usize {
-    if rows < AUTO_MIN_ROWS {
+pub fn auto_threads(rows: usize, row_bytes: usize) -> usize {
+    let bytes = rows.saturating_mul(row_bytes);
+    if bytes < AUTO_MIN_BYTES {
         return 1;
     }
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    (rows / AUTO_ROWS_PER_THREAD)
+    (bytes / AUTO_BYTES_PER_THREAD)
         .min(AUTO_MAX_THREADS)
         .min(cores)
         .max(1)
 }
 
 impl Options {
-    /// `k`, and the thread count for a pass over `rows` rows.
-    pub(crate) fn validate(&self, rows: usize) -> Result<(usize, usize)> {
+    /// `k`, and the thread count for a pass over `rows` rows of `row_bytes` bytes.
+    pub(crate) fn validate(&self, rows: usize, row_bytes: usize) -> Result<(usize, usize)> {
         if self.k < 1 {
             return Err(Error::input(
                 "k",
@@ -91,7 +95,7 @@ impl Options {
             ));
         }
         let threads = match self.threads {
-            None => auto_threads(rows),
+            None => auto_threads(rows, row_bytes),
             Some(t) if (1..=MAX_THREADS).contains(&t) => t as usize,
             Some(t) => {
                 return Err(Error::input(
@@ -213,7 +217,7 @@ pub fn score_topk(
     terms: &Terms<'_>,
     opts: &Options,
 ) -> Result<Ranked> {
-    let (k, threads) = opts.validate(e.rows)?;
+    let (k, threads) = opts.validate(e.rows, e.cols.saturating_mul(4))?;
     validate_user(u, e.cols, "E")?;
     terms.validate(e.rows)?;
     check_available(opts.kernel)?;

@@ -840,3 +840,17 @@ fn prefetching_passes_match_scalar_on_every_path() {
         ok(kernel, "prefetching passes the same as scalar");
     }
 }
+
+/// `threads=None`: one thread below 64 MiB of rows (every phone-class call), then one per
+/// 32 MiB, never more than four or the machine's cores.
+#[test]
+fn auto_threads_stay_at_one_below_64_mib() {
+    use localrank_core::auto_threads;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    assert_eq!(auto_threads(0, 256), 1);
+    assert_eq!(auto_threads(262_143, 256), 1); // f32, d = 64: just below 64 MiB
+    assert_eq!(auto_threads(1_048_575, 64), 1); // int8, d = 64
+    assert_eq!(auto_threads(262_144, 256), 2.min(cores));
+    assert_eq!(auto_threads(1_000_000, 256), 4.min(cores));
+    assert_eq!(auto_threads(usize::MAX, usize::MAX), 4.min(cores));
+}

@@ -38,9 +38,10 @@ fn resolve_kernel(py: Python<'_>, requested: Option<&str>) -> PyResult<Kernel> {
 ///     adjust: optional float32[n], the engine's per-request term.
 ///     k: how many to return, at least 1.
 ///     threads: how many threads to split the rows over (1 to 256). ``None`` (the default)
-///         runs on the calling thread below 262,144 rows and splits larger catalogs over up
-///         to 4 threads (at most the machine's cores). Every split gives the same result as
-///         one thread, ties included. The GIL is released either way.
+///         runs on the calling thread unless the rows scanned exceed 64 MiB (262,144 rows at
+///         d = 64), and splits larger catalogs over up to 4 threads, one per 32 MiB, at most
+///         the machine's cores. Every split gives the same result as one thread, ties
+///         included. The GIL is released either way.
 ///
 /// Numeric arrays of other dtypes (and array-likes) are converted once to the dtype above;
 /// ``eligible`` must be bool; non-numeric dtypes are refused.
