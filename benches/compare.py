@@ -291,7 +291,8 @@ def measure(n: int, rounds: int, budget_s: float, clock: str = "wall") -> dict[s
     check_agreement(c, sess, fj)
     feeds = {"u": c["u"], "prior": c["prior"], "eligible": c["eligible"], "adjust": c["adjust"]}
     args = (c["bias"], c["category"], c["prior"], c["eligible"])
-    kw = {"w_dot": W_DOT, "w_prior": W_PRIOR, "adjust": c["adjust"], "k": K}
+    # One thread, like every other method (threads=None would split a 1M-row catalog).
+    kw = {"w_dot": W_DOT, "w_prior": W_PRIOR, "adjust": c["adjust"], "k": K, "threads": 1}
     methods: dict[str, Callable[[], object]] = {
         "f32": lambda: localrank.score_topk(c["u"], c["E"], *args, **kw),
         "int8": lambda: localrank.score_topk_int8(c["u"], q, scale, *args, **kw),
