@@ -218,9 +218,10 @@ unsafe fn dot4(u: *const f32, p: [*const f32; 4], n: usize) -> float32x4_t {
     s
 }
 
-/// [`dot4`] twice: the eight rows of a batch.
-#[inline]
-#[target_feature(enable = "neon")]
+/// [`dot4`] twice: the eight rows of a batch. Always inlined into the pass (NEON is part of
+/// the aarch64 baseline, so it needs no `#[target_feature]`): as a plain `#[inline]` function
+/// LLVM kept it out of line, a call per batch with the eight row slices passed through memory.
+#[inline(always)]
 unsafe fn dot_f32_batch(u: &[f32], rows: [&[f32]; BATCH]) -> [f32; BATCH] {
     let mut n = u.len();
     let mut p = [u.as_ptr(); BATCH];
