@@ -1,4 +1,4 @@
-"""Side-by-side comparison of the scoring kernel with numpy and onnxruntime, in one process.
+"""Side-by-side comparison of the scoring kernel with faiss, numpy and onnxruntime, in one process.
 
     python benches/compare.py [--sizes 1000,10000,100000,1000000] [--quick] [--out FILE]
 
@@ -6,10 +6,15 @@ For each catalog size n (d = 64, k = 10, one thread everywhere) it times:
 
 - ``f32``    localrank.score_topk
 - ``int8``   localrank.score_topk_int8 (no re-scoring) and ``int8+rs`` (with ``rescore=E``)
+- ``faiss``  faiss ``IndexFlatIP`` over ``[E, bias, prior[category], adjust]`` searched with the
+             query ``[w_dot·u, 1, w_prior, 1]`` and an ``IDSelectorBitmap`` for the mask, one
+             OpenMP thread: the same top k, the way a faiss user would write the job
 - ``numpy``  the same job in numpy: matvec, weights, bias, prior, mask, argpartition, sort
 - ``ort``    onnxruntime running the equivalent graph (MatMul, Gather, Where, TopK) with one
              intra-op thread; the catalog arrays are initializers, as in an exported model
-- ``floor``  a plain streaming read of E (the memory floor)
+- ``floor``  a plain streaming read of E (the f32 memory floor), ``floor8`` the same of the
+             int8 rows q (a quarter of the bytes): int8's yardstick, since faiss's 8-bit
+             ``IndexScalarQuantizer`` is 10–25× slower than localrank's int8 and no peer
 
 Methods are timed round-robin in interleaved rounds so that drift on a shared machine hits them
 alike; each figure is the median over rounds of the per-call mean of a batch. It prints the
@@ -60,6 +65,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import faiss
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -171,10 +177,56 @@ def ort_session(c: dict[str, np.ndarray]) -> ort.InferenceSession:
     )
 
 
+class FaissJob:
+    """The job as a faiss user would write it: an exact inner-product index whose rows carry the
+    per-row terms as extra columns, and a query that weights them.
+
+    ``score[i] = [E[i], bias[i], prior[category[i]], adjust[i]] · [w_dot·u, 1, w_prior, 1]``,
+    which is localrank's score summed in another order (so near-ties may swap, as between any
+    two SIMD paths). The segment prior and the per-request ``adjust`` are baked into the index
+    ahead of time, untimed: a favour to faiss, whose index would otherwise be rebuilt per
+    request. Its rows are d + 3 floats, the bytes localrank reads per row (E, bias, category,
+    adjust). The mask is an ``IDSelectorBitmap`` over the packed eligibility flags.
+    """
+
+    def __init__(self, c: dict[str, np.ndarray]) -> None:
+        faiss.omp_set_num_threads(1)
+        n, d = c["E"].shape
+        rows = np.empty((n, d + 3), np.float32)
+        rows[:, :d] = c["E"]
+        rows[:, d] = c["bias"]
+        rows[:, d + 1] = c["prior"][c["category"]]
+        rows[:, d + 2] = c["adjust"]
+        self.index = faiss.IndexFlatIP(d + 3)
+        self.index.add(rows)
+        self.query = np.empty((1, d + 3), np.float32)
+        self.query[0, :d] = np.float32(W_DOT) * c["u"]
+        self.query[0, d:] = (1.0, W_PRIOR, 1.0)
+        # The selector keeps a pointer into the bitmap: both must outlive every search.
+        self.bitmap = np.packbits(c["eligible"], bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(self.bitmap))
+        self.params = faiss.SearchParameters(sel=self.selector)
+        self.k = min(K, int(c["eligible"].sum()))
+
+    def search(self) -> tuple[np.ndarray, np.ndarray]:
+        scores, idx = self.index.search(self.query, self.k, params=self.params)
+        return idx[0], scores[0]
+
+
+CLOCKS: dict[str, Callable[[], float]] = {
+    # Wall time: what a caller waits. CPU time of the whole process (every thread, so a method
+    # that used a helper thread is not undercounted): excludes the time the process waits for
+    # a core, which on a machine shared with other work is most of the noise.
+    "wall": time.perf_counter,
+    "cpu": time.process_time,
+}
+
+
 def time_methods(
-    methods: dict[str, Callable[[], object]], rounds: int, budget_s: float
+    methods: dict[str, Callable[[], object]], rounds: int, budget_s: float, clock: str = "wall"
 ) -> dict[str, dict[str, float]]:
     """Median over ``rounds`` interleaved rounds of the mean time per call (µs)."""
+    now = CLOCKS[clock]
     loops: dict[str, int] = {}
     for name, fn in methods.items():
         fn()  # warm-up: page in, build caches
@@ -186,10 +238,10 @@ def time_methods(
     for _ in range(rounds):
         for name, fn in methods.items():
             n_loops = loops[name]
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(n_loops):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / n_loops * 1e6)
+            samples[name].append((now() - t0) / n_loops * 1e6)
     return {
         name: {
             "median_us": statistics.median(v),
@@ -207,8 +259,11 @@ def reference_scores(c: dict[str, np.ndarray]) -> np.ndarray:
     return np.where(c["eligible"], s, -np.inf)
 
 
-def check_agreement(c: dict[str, np.ndarray], sess: ort.InferenceSession) -> None:
-    """All methods must rank "the same" (docs/design.md) before their speed means anything."""
+def check_agreement(
+    c: dict[str, np.ndarray], sess: ort.InferenceSession, fj: FaissJob
+) -> None:
+    """All methods must rank "the same" (docs/design.md) before their speed means anything:
+    position by position the same row, or rows whose exact scores are within the tolerance."""
     idx, _ = localrank.score_topk(
         c["u"], c["E"], c["bias"], c["category"], c["prior"], c["eligible"],
         w_dot=W_DOT, w_prior=W_PRIOR, adjust=c["adjust"], k=K,
@@ -217,46 +272,65 @@ def check_agreement(c: dict[str, np.ndarray], sess: ort.InferenceSession) -> Non
     _, ort_idx = sess.run(
         None, {"u": c["u"], "prior": c["prior"], "eligible": c["eligible"], "adjust": c["adjust"]}
     )
+    faiss_idx, _ = fj.search()
     ref = reference_scores(c)
-    for name, other in (("numpy", np_idx), ("onnxruntime", ort_idx)):
+    for name, other in (("numpy", np_idx), ("onnxruntime", ort_idx), ("faiss", faiss_idx)):
         for a, b in zip(idx.tolist(), other.tolist(), strict=True):
             sa, sb = float(ref[a]), float(ref[b])
             if a != b and abs(sa - sb) >= 1e-5 * max(1.0, abs(sa)):
                 raise AssertionError(f"{name} ranks row {b} where localrank ranks row {a}")
 
 
-def measure(n: int, rounds: int, budget_s: float) -> dict[str, object]:
+def measure(n: int, rounds: int, budget_s: float, clock: str = "wall") -> dict[str, object]:
     """Time every method on one catalog of ``n`` offers."""
     c = make_catalog(n)
     q, scale = localrank.quantize_int8(c["E"])
     cat64 = c["category"].astype(np.int64)
     sess = ort_session(c)
-    check_agreement(c, sess)
+    fj = FaissJob(c)
+    check_agreement(c, sess, fj)
     feeds = {"u": c["u"], "prior": c["prior"], "eligible": c["eligible"], "adjust": c["adjust"]}
     args = (c["bias"], c["category"], c["prior"], c["eligible"])
-    kw = {"w_dot": W_DOT, "w_prior": W_PRIOR, "adjust": c["adjust"], "k": K}
+    # One thread, like every other method (threads=None would split a 1M-row catalog).
+    kw = {"w_dot": W_DOT, "w_prior": W_PRIOR, "adjust": c["adjust"], "k": K, "threads": 1}
     methods: dict[str, Callable[[], object]] = {
         "f32": lambda: localrank.score_topk(c["u"], c["E"], *args, **kw),
         "int8": lambda: localrank.score_topk_int8(c["u"], q, scale, *args, **kw),
         "int8+rs": lambda: localrank.score_topk_int8(c["u"], q, scale, *args, **kw, rescore=c["E"]),
+        "faiss": fj.search,
         "numpy": lambda: numpy_topk(c, cat64),
         "ort": lambda: sess.run(None, feeds),
         "floor": lambda: _core._stream_sum(c["E"]),
+        "floor8": lambda: _core._stream_sum(q),
     }
-    timing = time_methods(methods, rounds, budget_s)
+    timing = time_methods(methods, rounds, budget_s, clock)
     med = {name: t["median_us"] for name, t in timing.items()}
     ratios = {
+        "faiss/f32": med["faiss"] / med["f32"],
         "numpy/f32": med["numpy"] / med["f32"],
         "ort/f32": med["ort"] / med["f32"],
         "f32/floor": med["f32"] / med["floor"],
+        "faiss/floor": med["faiss"] / med["floor"],
+        "faiss/int8": med["faiss"] / med["int8"],
         "numpy/int8": med["numpy"] / med["int8"],
         "ort/int8": med["ort"] / med["int8"],
+        "int8/floor8": med["int8"] / med["floor8"],
     }
     return {"n": n, "d": D, "k": K, "timings": timing, "ratios": ratios}
 
 
-def run(sizes: list[int], rounds: int, budget_s: float, out: Path | None) -> dict[str, object]:
-    console = Console(width=150)
+def _faiss_simd() -> str:
+    """Which of faiss's builds loaded (generic, AVX2, AVX-512): it picks one at import."""
+    config = getattr(faiss, "SIMDConfig", None)
+    if config is not None and hasattr(config, "get_level_name"):
+        return str(config.get_level_name())
+    return str(faiss.get_compile_options())
+
+
+def run(
+    sizes: list[int], rounds: int, budget_s: float, out: Path | None, clock: str = "wall"
+) -> dict[str, object]:
+    console = Console(width=210)
     machine = describe()
     blas = [
         {k: v for k, v in lib.items() if k in ("internal_api", "version", "num_threads",
@@ -266,27 +340,26 @@ def run(sizes: list[int], rounds: int, budget_s: float, out: Path | None) -> dic
     removed = [v for v in os.environ.get("_LOCALRANK_BENCH_REMOVED", "").split(",") if v]
     console.print(
         f"[bold]localrank kernel bench[/] · {machine['cpu_model']} · {machine['arch']} · "
-        f"kernel {localrank.default_kernel()} · numpy {np.__version__} · onnxruntime "
-        f"{ort.__version__} · BLAS "
+        f"kernel {localrank.default_kernel()} · faiss {faiss.__version__} "
+        f"({_faiss_simd()}) · numpy {np.__version__} · onnxruntime {ort.__version__} · BLAS "
         + ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} thr)"
                     for b in blas)
     )
     if removed:
         console.print(f"removed CPU-type overrides from the environment: {', '.join(removed)}")
-    results = [measure(n, rounds, budget_s) for n in sizes]
+    results = [measure(n, rounds, budget_s, clock) for n in sizes]
 
-    table = Table(title=f"median µs per call (d = {D}, k = {K}, one thread)")
-    for col in ["n", "f32", "int8", "int8+rs", "numpy", "ort", "floor", "numpy/f32", "ort/f32",
-                "f32/floor", "numpy/int8"]:
+    table = Table(title=f"median µs per call ({clock} clock; d = {D}, k = {K}, one thread)")
+    times = ["f32", "int8", "int8+rs", "faiss", "numpy", "ort", "floor", "floor8"]
+    shown = ["faiss/f32", "numpy/f32", "ort/f32", "f32/floor", "faiss/int8", "int8/floor8",
+             "numpy/int8"]
+    for col in ["n", *times, *shown]:
         table.add_column(col, justify="right")
     for r in results:
         t = {name: v["median_us"] for name, v in r["timings"].items()}
         ra = r["ratios"]
         table.add_row(
-            f"{r['n']:,}", *(f"{t[m]:,.1f}" for m in ["f32", "int8", "int8+rs", "numpy", "ort",
-                                                       "floor"]),
-            f"{ra['numpy/f32']:.2f}×", f"{ra['ort/f32']:.2f}×", f"{ra['f32/floor']:.2f}×",
-            f"{ra['numpy/int8']:.2f}×",
+            f"{r['n']:,}", *(f"{t[m]:,.1f}" for m in times), *(f"{ra[m]:.2f}×" for m in shown)
         )
     console.print(table)
     report = {
@@ -295,9 +368,11 @@ def run(sizes: list[int], rounds: int, budget_s: float, out: Path | None) -> dic
         "python": platform.python_version(),
         "numpy": np.__version__,
         "onnxruntime": ort.__version__,
+        "faiss": {"version": faiss.__version__, "simd": _faiss_simd(), "omp_threads": 1},
         "blas": blas,
         "removed_env_overrides": removed,
         "threads": 1,
+        "clock": clock,
         "results": results,
     }
     if out is not None:
@@ -313,13 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per size, roughly")
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="wall time, or the process's CPU time (steadier on a machine shared with others)",
+    )
     default_out = Path("benches/results") / f"compare-{platform.machine()}.json"
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
         sizes, args.rounds, args.budget = [1000, 10000], 5, 0.5
-    run(sizes, args.rounds, args.budget, args.out)
+    run(sizes, args.rounds, args.budget, args.out, args.clock)
     return 0
 
 

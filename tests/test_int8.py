@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import localrank
 from numpy_reference import assert_same, reference_scores
@@ -121,3 +123,48 @@ def test_int8_threads_and_ties() -> None:
     )
     assert idx.tolist() == [0, 1, 2, 3, 4]
     assert len(set(scores.tolist())) == 1
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(0, 3000),
+    d=st.integers(1, 70),
+    share=st.sampled_from([0.0, 0.05, 0.5, 0.62, 0.9, 1.0]),
+    k=st.integers(1, 40),
+    threads=st.integers(2, 9),
+    rescore=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_int8_threads_equal_one_thread_ties_included(
+    kernel: str, n: int, d: int, share: float, k: int, threads: int, rescore: bool, seed: int
+) -> None:
+    """Small-integer rows tie often; any split, and `threads=None`, give exactly the
+    one-thread result, which is "the same" as the reference on the dequantised rows."""
+    rng = np.random.default_rng(seed)
+    E = rng.integers(-3, 4, (n, d)).astype(np.float32)
+    q, scale = localrank.quantize_int8(E)
+    # Values in [-2, 2] with one at 2 quantise exactly (±1 is 63.5 steps: hi 64, lo -127), so
+    # the int8 scores differ from the dequantised reference by f32 rounding alone.
+    u = rng.integers(-2, 3, d).astype(np.float32)
+    u[0] = 2.0
+    bias = rng.integers(-2, 3, n).astype(np.float32)
+    cat = rng.integers(0, 4, n).astype(np.int32)
+    prior = rng.integers(-2, 3, 4).astype(np.float32)
+    elig = rng.random(n) < share
+    args = (u, q, scale, bias, cat, prior, elig)
+    kw = {"k": k, "rescore": E if rescore else None, "_kernel": kernel}
+    one = localrank.score_topk_int8(*args, threads=1, **kw)
+    for got in (localrank.score_topk_int8(*args, threads=threads, **kw),
+                localrank.score_topk_int8(*args, **kw)):
+        np.testing.assert_array_equal(got[0], one[0])
+        np.testing.assert_array_equal(got[1], one[1])
+    dequantised = (q.astype(np.float32) * scale[:, None]).astype(np.float32)
+    want = reference_scores(u, E if rescore else dequantised, bias, cat, prior, elig)
+    if not rescore:
+        # The user vector's quantisation is exact here (see above): within the tolerance.
+        assert_same(one[0], want, elig, k)
+    else:
+        # Re-scored in f32 from small integers: exact, so exactly the reference, ties included.
+        want_top = np.lexsort((np.flatnonzero(elig), -want[elig]))
+        np.testing.assert_array_equal(one[0], np.flatnonzero(elig)[want_top][:k])

@@ -189,6 +189,71 @@ def test_threads_give_identical_results() -> None:
     np.testing.assert_array_equal(one[1], two[1])
 
 
+@st.composite
+def tied_catalogs(draw: st.DrawFn) -> tuple[dict[str, np.ndarray | None], int, int, float]:
+    """Catalogs of small integers: every score is exact in f32 whatever the summation order, so
+    exact ties are everywhere and every path must return exactly the reference's top k, ties
+    to the lower index. Sizes reach past several 64-row flag windows and split points."""
+    n = draw(st.integers(0, 3000))
+    d = draw(st.integers(1, 70))
+    share = draw(st.sampled_from([0.0, 0.05, 0.5, 0.62, 0.9, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    small = lambda shape: rng.integers(-2, 3, shape).astype(np.float32)  # noqa: E731
+    case: dict[str, np.ndarray | None] = {
+        "u": small(d),
+        "E": small((n, d)),
+        "bias": small(n),
+        "category": rng.integers(0, 4, n).astype(np.int32),
+        "prior": small(4),
+        "eligible": rng.random(n) < share,
+        "adjust": draw(st.sampled_from([None, small(n)])),
+    }
+    return case, draw(st.integers(1, 40)), draw(st.integers(2, 9)), draw(st.sampled_from([1, 2]))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=tied_catalogs())
+def test_threads_equal_one_thread_and_the_reference_ties_included(
+    kernel: str, data: tuple[dict[str, np.ndarray | None], int, int, float]
+) -> None:
+    """Rows split over any number of threads give exactly the one-thread result (indices and
+    scores), which is exactly the numpy reference's top k with ties to the lower index."""
+    case, k, threads, w_prior = data
+    one = call(case, k=k, w_prior=w_prior, threads=1, _kernel=kernel)
+    split = call(case, k=k, w_prior=w_prior, threads=threads, _kernel=kernel)
+    auto = call(case, k=k, w_prior=w_prior, _kernel=kernel)
+    for got in (split, auto):
+        np.testing.assert_array_equal(got[0], one[0])
+        np.testing.assert_array_equal(got[1], one[1])
+    want = ref(case, w_prior=w_prior)
+    want_idx = reference_topk(want, case["eligible"], k)
+    np.testing.assert_array_equal(one[0], want_idx)
+    np.testing.assert_array_equal(one[1], want[want_idx])
+
+
+def test_threads_none_splits_a_large_catalog_identically() -> None:
+    """Rows of 73 MiB: `threads=None` splits them on a machine with several cores
+    (docs/kernel.md, "Threads"); the result is the one-thread result, here with a tie across
+    the split points (every row scores the same)."""
+    n, d = 300_000, 64
+    E = np.ones((n, d), np.float32)
+    args = (np.ones(d, np.float32), E, np.zeros(n, np.float32), np.zeros(n, np.int32),
+            np.zeros(1, np.float32), np.ones(n, bool))
+    one = localrank.score_topk(*args, k=7, threads=1)
+    auto = localrank.score_topk(*args, k=7)
+    assert one[0].tolist() == list(range(7))
+    np.testing.assert_array_equal(auto[0], one[0])
+    np.testing.assert_array_equal(auto[1], one[1])
+
+
+@pytest.mark.parametrize("threads", [0, -3, 257, 2**40])
+def test_threads_out_of_range_are_refused(threads: int) -> None:
+    case = make_case(n=50, seed=2)
+    with pytest.raises(localrank.InputError, match=r"^threads: .*≤ 256, got"):
+        call(case, threads=threads)
+
+
 def test_other_numeric_dtypes_are_converted_once() -> None:
     case = make_case(n=300, d=12, seed=6)
     idx, _ = call(case, k=10)

@@ -38,7 +38,7 @@ def score_topk(
     w_prior: float = 1.0,
     adjust: npt.ArrayLike | None = None,
     k: int = 10,
-    threads: int = 1,
+    threads: int | None = None,
     _kernel: str | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def score_topk_int8(
@@ -55,7 +55,7 @@ def score_topk_int8(
     adjust: npt.ArrayLike | None = None,
     k: int = 10,
     rescore: npt.ArrayLike | None = None,
-    threads: int = 1,
+    threads: int | None = None,
     _kernel: str | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def quantize_int8(E: npt.ArrayLike) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...

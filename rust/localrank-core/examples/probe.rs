@@ -5,7 +5,8 @@
 //!     cargo run --release -p localrank-core --example probe [-- N,N,... [PATH,PATH,...]]
 //!
 //! For every size and path it prints the median ns/row of the f32 pass, the int8 pass and the
-//! memory floor (`stream_sum`), each median over interleaved rounds.
+//! memory floors of the f32 and int8 rows (`stream_sum`, `stream_sum_i8`), each median over
+//! interleaved rounds.
 use localrank_core::*;
 use std::hint::black_box;
 use std::time::Instant;
@@ -101,10 +102,10 @@ fn main() {
                 k: std::env::var("PROBE_K")
                     .ok()
                     .map_or(10, |s| s.parse().unwrap()),
-                threads: 1,
+                threads: Some(1),
                 kernel,
             };
-            let (mut tf, mut ti, mut tl) = (vec![], vec![], vec![]);
+            let (mut tf, mut ti, mut tl, mut t8) = (vec![], vec![], vec![], vec![]);
             let per_row = |t: Instant| t.elapsed().as_nanos() as f64 / reps as f64 / n as f64;
             for _ in 0..rounds {
                 let t = Instant::now();
@@ -124,15 +125,21 @@ fn main() {
                     black_box(stream_sum(e, kernel).unwrap());
                 }
                 tl.push(per_row(t));
+                let t = Instant::now();
+                for _ in 0..reps {
+                    black_box(stream_sum_i8(&q, kernel).unwrap());
+                }
+                t8.push(per_row(t));
             }
-            let (f, i, l) = (median(tf), median(ti), median(tl));
+            let (f, i, l, l8) = (median(tf), median(ti), median(tl), median(t8));
             println!(
                 "n={n:>8} {:>7}: f32 {f:6.2} ns/row ({:8.1} µs)  int8 {i:6.2} ns/row ({:8.1} µs)  \
-                 floor {l:6.2} ns/row  f32/floor {:.2}",
+                 floor {l:6.2}  floor8 {l8:6.2} ns/row  f32/floor {:.2}  int8/floor8 {:.2}",
                 kernel.name(),
                 f * n as f64 / 1e3,
                 i * n as f64 / 1e3,
-                f / l
+                f / l,
+                i / l8
             );
         }
     }

@@ -189,7 +189,7 @@ pub fn score_topk_int8(
     rescore: Option<Matrix<'_, f32>>,
     opts: &Options,
 ) -> Result<Ranked> {
-    let (k, threads) = opts.validate()?;
+    let (k, threads) = opts.validate(q.rows, q.cols)?;
     validate_user(u, q.cols, "q")?;
     if q.cols > MAX_DIM {
         return Err(Error::input(

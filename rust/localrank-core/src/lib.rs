@@ -16,5 +16,5 @@ pub mod topk;
 
 pub use error::{Error, Result};
 pub use int8::{quantize_int8, rescore_candidates, score_topk_int8};
-pub use kernel::{stream_sum, Kernel};
-pub use score::{score_topk, Matrix, Options, Ranked, Terms};
+pub use kernel::{stream_sum, stream_sum_i8, Kernel};
+pub use score::{auto_threads, score_topk, Matrix, Options, Ranked, Terms};

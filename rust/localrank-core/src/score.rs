@@ -18,8 +18,10 @@ use crate::topk::TopK;
 pub struct Options {
     /// How many rows to return, at least 1.
     pub k: i64,
-    /// How many threads to split the rows over, at least 1. One by default.
-    pub threads: i64,
+    /// How many threads to split the rows over: `Some(t)` splits into `t` ranges (at most one
+    /// per row, `1 ..= MAX_THREADS`); `None` picks by size ([`auto_threads`]): one thread
+    /// below [`AUTO_MIN_BYTES`] of rows, which is every phone-class call.
+    pub threads: Option<i64>,
     /// Which kernel path computes the dot products.
     pub kernel: Kernel,
 }
@@ -28,7 +30,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             k: 10,
-            threads: 1,
+            threads: None,
             kernel: Kernel::Scalar,
         }
     }
@@ -51,27 +53,58 @@ impl From<TopK> for Ranked {
     }
 }
 
-/// Rows below this per thread are not worth a thread of their own.
-const MIN_ROWS_PER_THREAD: usize = 16_384;
+/// The most threads a call may ask for.
+pub const MAX_THREADS: i64 = 256;
+
+/// With `threads=None`, passes over fewer row bytes than this run on the calling thread
+/// (64 MiB: 262,144 rows at d = 64 in f32, 1,048,576 in int8). Measured on a 2-vCPU machine
+/// shared with other work: below it a second thread cost up to 2.5× (65k–131k f32 rows, int8
+/// up to 262k rows); above it, from 10% slower to 25% faster depending on whether the other
+/// core was free (docs/kernel.md, "Threads").
+pub const AUTO_MIN_BYTES: usize = 64 << 20;
+
+/// With `threads=None`, each thread gets at least this many row bytes (32 MiB).
+pub const AUTO_BYTES_PER_THREAD: usize = 32 << 20;
+
+/// With `threads=None`, at most this many threads (a phone has 4–8 cores, some of them slow;
+/// the pass is memory-bound at these sizes, so more threads mostly contend for bandwidth).
+pub const AUTO_MAX_THREADS: usize = 4;
+
+/// The thread count `threads=None` picks for a pass over `rows` rows of `row_bytes` bytes:
+/// one below [`AUTO_MIN_BYTES`], else one per [`AUTO_BYTES_PER_THREAD`], at most
+/// [`AUTO_MAX_THREADS`] and the machine's available parallelism.
+pub fn auto_threads(rows: usize, row_bytes: usize) -> usize {
+    let bytes = rows.saturating_mul(row_bytes);
+    if bytes < AUTO_MIN_BYTES {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    (bytes / AUTO_BYTES_PER_THREAD)
+        .min(AUTO_MAX_THREADS)
+        .min(cores)
+        .max(1)
+}
 
 impl Options {
-    pub(crate) fn validate(&self) -> Result<(usize, usize)> {
+    /// `k`, and the thread count for a pass over `rows` rows of `row_bytes` bytes.
+    pub(crate) fn validate(&self, rows: usize, row_bytes: usize) -> Result<(usize, usize)> {
         if self.k < 1 {
             return Err(Error::input(
                 "k",
                 format!("expected an integer ≥ 1, got {}", self.k),
             ));
         }
-        if self.threads < 1 {
-            return Err(Error::input(
-                "threads",
-                format!("expected an integer ≥ 1, got {}", self.threads),
-            ));
-        }
-        Ok((
-            usize::try_from(self.k).unwrap_or(usize::MAX),
-            usize::try_from(self.threads).unwrap_or(usize::MAX),
-        ))
+        let threads = match self.threads {
+            None => auto_threads(rows, row_bytes),
+            Some(t) if (1..=MAX_THREADS).contains(&t) => t as usize,
+            Some(t) => {
+                return Err(Error::input(
+                    "threads",
+                    format!("expected None or an integer ≥ 1 and ≤ {MAX_THREADS}, got {t}"),
+                ))
+            }
+        };
+        Ok((usize::try_from(self.k).unwrap_or(usize::MAX), threads))
     }
 }
 
@@ -109,34 +142,43 @@ pub(crate) fn check_available(kernel: Kernel) -> Result<()> {
     }
 }
 
-/// Split `0..n` over up to `threads` threads, run `pass` on each range, and merge.
+/// Split `0..n` into `threads` ranges (at most one per row), run `pass` on each, the first on
+/// the calling thread and the others on scoped threads, and merge.
+///
+/// The merge is exact: a row's score does not depend on the range it is scored in (the
+/// batched dots are bit-identical to single-row ones), each range keeps its own best `k` by
+/// (score, then lower index), and [`TopK::push`] breaks ties by index whatever the order of
+/// arrival, so the result equals one pass, ties included.
 /// Errors come from the lowest failing range, so the first bad row is reported, as in one pass.
 pub(crate) fn run_split<F>(n: usize, k: usize, threads: usize, pass: F) -> Result<TopK>
 where
     F: Fn(usize, usize) -> Result<TopK> + Sync,
 {
-    let threads = threads.min(n / MIN_ROWS_PER_THREAD).max(1);
+    let threads = threads.min(n).max(1);
     if threads == 1 {
         return pass(0, n);
     }
     let chunk = n.div_ceil(threads);
+    let ranges: Vec<(usize, usize)> = (0..threads)
+        .map(|t| ((t * chunk).min(n), ((t + 1) * chunk).min(n)))
+        .filter(|(lo, hi)| lo < hi)
+        .collect();
     let results: Vec<Result<TopK>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (lo, hi) = (t * chunk, ((t + 1) * chunk).min(n));
-                let pass = &pass;
-                scope.spawn(move || pass(lo, hi))
-            })
+        let pass = &pass;
+        let handles: Vec<_> = ranges[1..]
+            .iter()
+            .map(|&(lo, hi)| scope.spawn(move || pass(lo, hi)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
+        // The calling thread takes the first range instead of waiting idle.
+        let first = pass(ranges[0].0, ranges[0].1);
+        std::iter::once(first)
+            .chain(handles.into_iter().map(|h| {
                 h.join().unwrap_or_else(|_| {
                     Err(Error::Kernel {
                         expected: "a scoring thread panicked".into(),
                     })
                 })
-            })
+            }))
             .collect()
     });
     let mut merged = TopK::new(k, n);
@@ -175,7 +217,7 @@ pub fn score_topk(
     terms: &Terms<'_>,
     opts: &Options,
 ) -> Result<Ranked> {
-    let (k, threads) = opts.validate()?;
+    let (k, threads) = opts.validate(e.rows, e.cols.saturating_mul(4))?;
     validate_user(u, e.cols, "E")?;
     terms.validate(e.rows)?;
     check_available(opts.kernel)?;

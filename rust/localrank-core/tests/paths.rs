@@ -160,7 +160,7 @@ fn unavailable_paths_are_refused() {
     for kernel in Kernel::ALL.into_iter().filter(|k| !k.is_available()) {
         let opts = Options {
             k: 1,
-            threads: 1,
+            threads: Some(1),
             kernel,
         };
         let m = Matrix::new("E", &e[..], 1, 1).unwrap();
@@ -520,7 +520,7 @@ impl Catalog {
 fn opts(kernel: Kernel, k: usize) -> Options {
     Options {
         k: k as i64,
-        threads: 1,
+        threads: Some(1),
         kernel,
     }
 }
@@ -785,7 +785,7 @@ fn threads_match_one_pass_on_every_path() {
             &terms,
             &Options {
                 k: 25,
-                threads: 2,
+                threads: Some(2),
                 kernel,
             },
         )
@@ -793,4 +793,64 @@ fn threads_match_one_pass_on_every_path() {
         assert_eq!(one, two, "path {}", kernel.name());
         ok(kernel, "two threads equal to one pass");
     }
+}
+
+/// Passes large enough to prefetch (rows above 8 MiB): the prefetching passes score the same
+/// as scalar, f32 "the same" and int8 bit for bit, on every path, and never check or rank an
+/// ineligible row (NaN here).
+#[test]
+fn prefetching_passes_match_scalar_on_every_path() {
+    let mut rng = Rng(12);
+    // 36,000 rows of 64 f32 (9.2 MB) and of 256 int8 (9.2 MB).
+    let mut cat = Catalog::random(&mut rng, 36_000, 64);
+    // Ineligible rows hold NaN: a large x86 pass computes on them inside dense windows (for a
+    // dense memory stream) and must drop those lanes before any check or the heap.
+    for i in 0..cat.n {
+        if !cat.eligible[i] {
+            cat.e[i * cat.d..(i + 1) * cat.d].fill(f32::NAN);
+        }
+    }
+    let terms = cat.terms(true);
+    let truth = truth(&cat, &terms);
+    let want = score_topk(&cat.u, cat.e(), &terms, &opts(Kernel::Scalar, 50)).unwrap();
+    let wide = Catalog::random(&mut rng, 36_000, 256);
+    let (q, scale) = quantize_int8(wide.e()).unwrap();
+    let qm = Matrix::new("q", &q, wide.n, wide.d).unwrap();
+    let wide_terms = wide.terms(true);
+    let want8 = score_topk_int8(
+        &wide.u,
+        qm,
+        &scale,
+        &wide_terms,
+        None,
+        &opts(Kernel::Scalar, 50),
+    )
+    .unwrap();
+    for kernel in paths() {
+        let got = score_topk(&cat.u, cat.e(), &terms, &opts(kernel, 50)).unwrap();
+        let what = format!("path {} prefetching f32", kernel.name());
+        assert_same(&what, &want, &got, &truth);
+        let got8 = score_topk_int8(&wide.u, qm, &scale, &wide_terms, None, &opts(kernel, 50));
+        assert_eq!(
+            got8.unwrap(),
+            want8,
+            "path {} prefetching int8",
+            kernel.name()
+        );
+        ok(kernel, "prefetching passes the same as scalar");
+    }
+}
+
+/// `threads=None`: one thread below 64 MiB of rows (every phone-class call), then one per
+/// 32 MiB, never more than four or the machine's cores.
+#[test]
+fn auto_threads_stay_at_one_below_64_mib() {
+    use localrank_core::auto_threads;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    assert_eq!(auto_threads(0, 256), 1);
+    assert_eq!(auto_threads(262_143, 256), 1); // f32, d = 64: just below 64 MiB
+    assert_eq!(auto_threads(1_048_575, 64), 1); // int8, d = 64
+    assert_eq!(auto_threads(262_144, 256), 2.min(cores));
+    assert_eq!(auto_threads(1_000_000, 256), 4.min(cores));
+    assert_eq!(auto_threads(usize::MAX, usize::MAX), 4.min(cores));
 }

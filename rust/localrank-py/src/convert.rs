@@ -108,6 +108,12 @@ fn as_ndarray<'py>(
     Ok(array)
 }
 
+/// Whether `obj` is already a numpy array of dtype int8.
+pub fn is_int8_array(obj: &Bound<'_, PyAny>) -> bool {
+    obj.cast::<PyUntypedArray>()
+        .is_ok_and(|a| a.dtype().is_equiv_to(&dtype::<i8>(obj.py())))
+}
+
 /// Borrow (or convert once, then borrow) an array argument as `T`.
 pub fn array<'py, T: Element>(
     obj: &Bound<'py, PyAny>,
@@ -116,6 +122,21 @@ pub fn array<'py, T: Element>(
     accept: Accept,
 ) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
     let py = obj.py();
+    // The common case first: already an ndarray of exactly `T`, of the right rank and
+    // C-contiguous, borrowed after one type check (PyArray_Check, the dtype, the rank) instead
+    // of the general path's several dtype lookups and comparisons.
+    // (Measured in one process, n = 1: 1.87 → 1.62 µs per call, best of 25 rounds.)
+    if let Ok(typed) = obj.cast::<PyArrayDyn<T>>() {
+        if typed.ndim() == ndim && typed.is_c_contiguous() {
+            return typed.try_readonly().map_err(|e| {
+                input_error(
+                    py,
+                    arg,
+                    format!("expected an array that is not being written to: {e}"),
+                )
+            });
+        }
+    }
     let array = as_ndarray(obj, arg, ndim, accept)?;
     let target = dtype::<T>(py);
     let typed = if array.dtype().is_equiv_to(&target) && array.is_c_contiguous() {

@@ -37,7 +37,11 @@ fn resolve_kernel(py: Python<'_>, requested: Option<&str>) -> PyResult<Kernel> {
 ///     w_prior: weight of the prior (0 at level ``off``).
 ///     adjust: optional float32[n], the engine's per-request term.
 ///     k: how many to return, at least 1.
-///     threads: rows are split over this many threads when n is large (default 1).
+///     threads: how many threads to split the rows over (1 to 256). ``None`` (the default)
+///         runs on the calling thread unless the rows scanned exceed 64 MiB (262,144 rows at
+///         d = 64), and splits larger catalogs over up to 4 threads, one per 32 MiB, at most
+///         the machine's cores. Every split gives the same result as one thread, ties
+///         included. The GIL is released either way.
 ///
 /// Numeric arrays of other dtypes (and array-likes) are converted once to the dtype above;
 /// ``eligible`` must be bool; non-numeric dtypes are refused.
@@ -50,7 +54,7 @@ fn resolve_kernel(py: Python<'_>, requested: Option<&str>) -> PyResult<Kernel> {
 ///         NaN or infinity in ``u``, ``prior`` or an eligible row, or a category outside
 ///         ``[0, C)`` in an eligible row.
 #[pyfunction]
-#[pyo3(signature = (u, E, bias, category, prior, eligible, *, w_dot=1.0, w_prior=1.0, adjust=None, k=10, threads=1, _kernel=None))]
+#[pyo3(signature = (u, E, bias, category, prior, eligible, *, w_dot=1.0, w_prior=1.0, adjust=None, k=10, threads=None, _kernel=None))]
 #[allow(non_snake_case, clippy::too_many_arguments)]
 fn score_topk<'py>(
     py: Python<'py>,
@@ -64,7 +68,7 @@ fn score_topk<'py>(
     w_prior: f32,
     adjust: Option<&Bound<'py, PyAny>>,
     k: i64,
-    threads: i64,
+    threads: Option<i64>,
     _kernel: Option<&str>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let kernel = resolve_kernel(py, _kernel)?;
@@ -119,7 +123,7 @@ fn score_topk<'py>(
 ///     InputError: as :func:`score_topk`, and for a ``scale`` or ``rescore`` that does not
 ///         match ``q``.
 #[pyfunction]
-#[pyo3(signature = (u, q, scale, bias, category, prior, eligible, *, w_dot=1.0, w_prior=1.0, adjust=None, k=10, rescore=None, threads=1, _kernel=None))]
+#[pyo3(signature = (u, q, scale, bias, category, prior, eligible, *, w_dot=1.0, w_prior=1.0, adjust=None, k=10, rescore=None, threads=None, _kernel=None))]
 #[allow(clippy::too_many_arguments)]
 fn score_topk_int8<'py>(
     py: Python<'py>,
@@ -135,7 +139,7 @@ fn score_topk_int8<'py>(
     adjust: Option<&Bound<'py, PyAny>>,
     k: i64,
     rescore: Option<&Bound<'py, PyAny>>,
-    threads: i64,
+    threads: Option<i64>,
     _kernel: Option<&str>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let kernel = resolve_kernel(py, _kernel)?;
@@ -220,15 +224,23 @@ fn default_kernel(py: Python<'_>) -> PyResult<&'static str> {
     Ok(resolve_kernel(py, None)?.name())
 }
 
-/// Sum every value of ``E`` with one streaming read: the benchmark's memory floor.
+/// Sum every value of ``E`` with one streaming read: the benchmark's memory floor. An int8
+/// ``E`` (from :func:`quantize_int8`) is read as int8 and summed exactly, the floor of the
+/// int8 rows; any other numeric dtype is read as float32.
 #[pyfunction]
 #[pyo3(signature = (E, *, _kernel=None))]
 #[allow(non_snake_case)]
-fn _stream_sum(py: Python<'_>, E: &Bound<'_, PyAny>, _kernel: Option<&str>) -> PyResult<f32> {
+fn _stream_sum(py: Python<'_>, E: &Bound<'_, PyAny>, _kernel: Option<&str>) -> PyResult<f64> {
     let kernel = resolve_kernel(py, _kernel)?;
+    if convert::is_int8_array(E) {
+        let q = array::<i8>(E, "E", 2, Accept::Int8)?;
+        let data = slice(&q)?;
+        return errors::detached(py, || localrank_core::stream_sum_i8(data, kernel))
+            .map(|s| s as f64);
+    }
     let e = array::<f32>(E, "E", 2, Accept::Real)?;
     let data = slice(&e)?;
-    errors::detached(py, || localrank_core::stream_sum(data, kernel))
+    errors::detached(py, || localrank_core::stream_sum(data, kernel)).map(f64::from)
 }
 
 /// localrank's compiled core. Use the functions re-exported by :mod:`localrank`.

@@ -46,19 +46,36 @@ unsafe fn pass_f32_with<S: Simd, const PREFETCH: bool>(
     Ok(top)
 }
 
-/// The int8 pass over rows `lo..hi`, generic over the kernel path.
+/// The int8 pass over rows `lo..hi`, generic over the kernel path, prefetching as the f32 pass
+/// does when the rows exceed the caches.
 ///
 /// # Safety
 /// `S` must be available on this CPU.
 #[inline(always)]
 pub(crate) unsafe fn pass_i8<S: Simd>(job: &Int8Job<'_>, lo: usize, hi: usize) -> Result<TopK> {
+    if prefetch_pays(hi - lo, job.q.cols) {
+        pass_i8_with::<S, true>(job, lo, hi)
+    } else {
+        pass_i8_with::<S, false>(job, lo, hi)
+    }
+}
+
+#[inline(always)]
+unsafe fn pass_i8_with<S: Simd, const PREFETCH: bool>(
+    job: &Int8Job<'_>,
+    lo: usize,
+    hi: usize,
+) -> Result<TopK> {
     let mut top = TopK::new(job.k, hi - lo);
     let (t, q, user) = (&job.terms, &job.q, job.user);
     let (uh, ul, uw) = (&user.hi[..], &user.lo[..], &user.wide[..]);
     // The i64 dot converts to f32 with one rounding, the same on every path.
     let dot = |i: usize, exact: i64| exact as f32 * (user.step * job.scale[i]);
     let mut rows = EligibleRows::new(t.eligible, lo, hi);
+    let mut ahead = Prefetcher::<PREFETCH>::new(t.eligible, lo, hi);
+    ahead.start::<S>(q.data.as_ptr() as *const u8, q.cols);
     while let Some(batch) = rows.next_batch::<BATCH>() {
+        ahead.step::<S, BATCH>(q.data.as_ptr() as *const u8, q.cols);
         let mut stored = [&[][..]; BATCH];
         for (slot, &row) in stored.iter_mut().zip(&batch.rows) {
             // SAFETY: rows are below hi <= n = q.rows.

@@ -266,6 +266,22 @@ pub fn stream_sum(data: &[f32], kernel: Kernel) -> Result<f32> {
     })
 }
 
+/// A plain read of every int8 value, summed exactly: the memory floor of the int8 rows, which
+/// are a quarter of the f32 bytes.
+pub fn stream_sum_i8(data: &[i8], kernel: Kernel) -> Result<i64> {
+    let kernel = kernel.require()?;
+    Ok(match kernel {
+        Kernel::Scalar => data.iter().map(|&v| v as i64).sum(),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `require` checked that the CPU has AVX2 (AVX-512 implies it).
+        Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::sum_i8(data) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `require` checked that the CPU has NEON (SDOT implies it).
+        Kernel::Neon | Kernel::Sdot => unsafe { aarch64::sum_i8(data) },
+        _ => unreachable!("require() refuses paths not built for this target"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +303,32 @@ mod tests {
             let got = stream_sum(&data, k).unwrap();
             println!("stream_sum on path {}", k.name());
             assert_eq!(got, want, "path {}", k.name());
+        }
+    }
+
+    #[test]
+    fn stream_sum_i8_is_exact_on_every_path() {
+        // Lengths around every vector width and block, values at both extremes.
+        for len in [0, 1, 15, 16, 31, 64, 127, 128, 129, 4095, 70_001] {
+            let data: Vec<i8> = (0..len)
+                .map(|i| match i % 5 {
+                    0 => -128,
+                    1 => 127,
+                    _ => ((i * 37) % 251) as i8,
+                })
+                .collect();
+            let want: i64 = data.iter().map(|&v| v as i64).sum();
+            for k in Kernel::available() {
+                assert_eq!(stream_sum_i8(&data, k).unwrap(), want, "path {}", k.name());
+            }
+            let all_low = vec![-128i8; len];
+            for k in Kernel::available() {
+                let got = stream_sum_i8(&all_low, k).unwrap();
+                assert_eq!(got, -128 * len as i64, "path {}", k.name());
+            }
+        }
+        for k in Kernel::available() {
+            println!("stream_sum_i8 on path {}: exact", k.name());
         }
     }
 }

@@ -81,6 +81,8 @@ unsafe impl Simd for Avx512 {
 }
 
 impl Rows8 for Avx512 {
+    const READ_DENSE: bool = true;
+
     #[inline(always)]
     unsafe fn dot8<const FIXED: usize>(u: *const f32, p: [*const f32; 8], n: usize) -> __m256 {
         dot8_zmm(u, p, if FIXED > 0 { FIXED } else { n })
