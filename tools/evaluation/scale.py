@@ -85,7 +85,12 @@ from tools.evaluation.cohort_sim import assign, fold_ins, rank
 from tools.evaluation.metrics import Quality, quality
 from tools.evaluation.movie_catalog import movielens_config, movielens_taxonomy, offer_id
 from tools.evaluation.split import Split, histories_split, temporal_split
-from tools.evaluation.synthetic import draw_histories, fit_taste_model, implicit_matrix
+from tools.evaluation.synthetic import (
+    ITERATIONS,
+    draw_histories,
+    fit_taste_model,
+    implicit_matrix,
+)
 from tools.movielens import load_movielens_100k
 
 __all__ = ["Fleet", "Outcome", "simulate", "weekly_reports"]
@@ -446,10 +451,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--als-budget", type=int, default=6, help="ALS configurations tried")
     ap.add_argument("--no-noise", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the no-noise reference")  # fmt: skip
+    ap.add_argument("--fit-iterations", type=int, default=ITERATIONS,
+                    help="the taste model's updates (fewer only for a quick check)")  # fmt: skip
+    ap.add_argument("--cache-dir", type=Path, default=None, help="the MovieLens cache")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if any(n < 1 for n in args.sizes):
         ap.error(f"--sizes: expected fleet sizes ≥ 1, got {args.sizes}")
+    if args.fit_iterations < 1:
+        ap.error(f"--fit-iterations: expected ≥ 1, got {args.fit_iterations}")
     if args.als_budget < 1:
         ap.error(f"--als-budget: expected ≥ 1, got {args.als_budget}")
     t0 = time.monotonic()
@@ -457,11 +467,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:5.0f} s] {msg}", flush=True)
 
-    data = load_movielens_100k(fetch=False)
+    data = load_movielens_100k(args.cache_dir, fetch=False)
     index = {g: k for k, g in enumerate(data.genres)}
     genres = [[index[g] for g in gs] for gs in data.items.genres]
     X = implicit_matrix(data)
-    model = fit_taste_model(X, seed=args.seed)
+    model = fit_taste_model(X, iterations=args.fit_iterations, seed=args.seed)
     log(f"taste model fitted (log-likelihood per entry {model.log_likelihood:.4f})")
     rng = np.random.default_rng(args.seed)
     config = movielens_config(min_population=K)
