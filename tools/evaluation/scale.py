@@ -141,7 +141,7 @@ class Outcome:
     payload: CohortPayload
     popularity: np.ndarray  # what "off" ranks by (the lower end of the 95% interval)
     cohorts: int  # cohorts in the last bundle
-    published: int  # of which with a population lower bound ≥ k
+    published: int  # of which with a published population (measured, lower bound ≥ k)
     reports: int  # engagement reports sent, over all weeks
     reported_share: float  # of all training engagements
     seconds: float
@@ -311,13 +311,17 @@ def simulate(
             settings=settings,
             margin=margin,
         )
-        published = int(np.sum(done.model.populations >= config.min_population))
+        # what the bundle publishes a population for: measured (not split this round) and ≥ k
+        published = int(
+            np.sum((done.model.populations >= config.min_population) & ~done.model.provisional)
+        )
         if done.model.payload.ids.size:  # none publishable: keep the centroids (next_cohorts)
             payload = done.model.payload
             cohorts_now = int(payload.ids.size)
         log(
-            f"    week {week + 1}: {int(np.sum(row >= 0))} devices in {np.unique(row).size} "
-            f"cohorts; round → {cohorts_now} cohorts ({published} with lower bound ≥ k), "
+            f"    week {week + 1}: {int(np.sum(row >= 0))} devices in "
+            f"{np.unique(row[row >= 0]).size} cohorts; round → {cohorts_now} cohorts "
+            f"({published} published), "
             f"merged {len(done.merged)}, split {len(done.split)}"
         )
     total = int(sum(t.size for t in fleet.train))
@@ -420,7 +424,7 @@ def _markdown(results: dict[str, object]) -> str:
                 f"| {fl['label']} | {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | "
                 f"{m['coverage']:.3f} | {m['ndcg@10'] / als:.0%} |"
             )
-    lines += ["", "| fleet | pipeline | cohorts | with lower bound ≥ k | reports | share | s |"]
+    lines += ["", "| fleet | pipeline | cohorts | published | reports | share | s |"]
     lines.append("|---|---|---|---|---|---|---|")
     for fl in rows:
         for key, v in fl.items():
@@ -440,6 +444,39 @@ def _markdown(results: dict[str, object]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable") for x in (a, b)]
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
+
+
+def resemblance(X: np.ndarray, fleet: Fleet, top: int = 200) -> dict[str, float]:
+    """How close a synthetic fleet (ten times MovieLens' size) is to the real data: item
+    popularity (Spearman), and among the ``top`` most popular movies the co-occurrence counts
+    (Pearson) and their lift over independence (Spearman)."""
+    scale = fleet.n_devices / X.shape[0]
+    S = sp.csr_matrix(
+        (np.ones(fleet.split.user.size), (fleet.split.user, fleet.split.item)),
+        shape=(fleet.n_devices, X.shape[1]),
+    )
+    pop_real, pop_syn = X.sum(axis=0), np.asarray(S.sum(axis=0)).ravel() / scale
+    items = np.argsort(-pop_real, kind="stable")[:top]
+    co_real = X[:, items].T @ X[:, items]
+    Si = S[:, items]
+    co_syn = np.asarray((Si.T @ Si).todense()) / scale
+    upper = np.triu_indices(top, 1)
+    lift_real = co_real / np.outer(pop_real[items], pop_real[items])
+    lift_syn = co_syn / np.outer(pop_syn[items], pop_syn[items])
+    return {
+        "item popularity Spearman": round(_spearman(pop_real, pop_syn), 4),
+        f"co-occurrence of the top {top} Pearson": round(
+            float(np.corrcoef(co_real[upper], co_syn[upper])[0, 1]), 4
+        ),
+        f"lift of the top {top} Spearman": round(
+            _spearman(lift_real[upper], lift_syn[upper]), 4
+        ),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -483,21 +520,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     tune_fleet = synthetic(1_000)
     als, als_val = tune_als(tune_fleet.split, args.als_budget, seed=args.seed)
     log(f"ALS tuned: {als} (validation NDCG@10 {als_val.ndcg:.4f})")
-    # how close the synthetic data is: popularity, and the same pipeline on the real split
+    # how close the synthetic data is; the same pipeline also runs on the real split
     big = synthetic(10 * X.shape[0])
-    pop_real = X.sum(axis=0)
-    everything = np.concatenate([*big.train, big.split.item[big.split.test]])
-    pop_syn = np.bincount(everything, minlength=X.shape[1]) / 10.0
-    order = np.argsort(np.argsort(pop_real)), np.argsort(np.argsort(pop_syn))
-    fit = {
+    activity = big.split.user.size / big.n_devices
+    fit: dict[str, object] = {
         "factors": int(model.W.shape[1]),
         "log-likelihood per entry": round(model.log_likelihood, 4),
-        "item popularity Spearman (real vs synthetic)": round(
-            float(np.corrcoef(order[0], order[1])[0, 1]), 4
-        ),
-        "ratings per device": f"{X.sum(axis=1).mean():.1f} real, "
-        f"{np.mean([t.size for t in big.train]) / 0.8:.1f} synthetic",
+        **resemblance(X, big),
+        "ratings per device": f"{X.sum(axis=1).mean():.1f} real, {activity:.1f} synthetic",
     }
+    log(f"synthetic against real: {fit}")
     fleets: list[dict[str, object]] = []
     real = fleet_of(temporal_split(data), genres, len(data.genres))
     fleets.append(
