@@ -82,6 +82,8 @@ def test_reports_are_capped_and_without_noise_the_cohorts_beat_popularity() -> N
     outcome = simulate(fleet, config, rounds=rounds, noise=False)
     cap = weekly_reports(config) * rounds
     assert outcome.reports == sum(min(cap, t.size) for t in fleet.train)
+    # a device holds one cohort a week at most: between one and `rounds` permanent responses
+    assert 1.0 <= outcome.memos <= rounds
     # 600 devices support 600 / (1.5·50) = 8 cohorts at most, and four tastes need ≥ 4
     assert 4 <= outcome.cohorts <= 8
     users = np.arange(fleet.n_devices)

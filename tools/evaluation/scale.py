@@ -143,6 +143,9 @@ class Outcome:
     cohorts: int  # cohorts in the last bundle
     published: int  # of which with a published population (measured, lower bound ≥ k)
     reports: int  # engagement reports sent, over all weeks
+    #: mean distinct segment values a device reported under: each is a permanent response
+    #: (ε_perm) the device drew and keeps
+    memos: float
     reported_share: float  # of all training engagements
     seconds: float
 
@@ -218,11 +221,13 @@ def simulate(
     def noised(x: np.ndarray, sensitivity: int) -> np.ndarray:
         return oracles.discrete_laplace(x, config.central_epsilon, sensitivity, seed=seed_())
 
+    held = np.zeros((fleet.n_devices, d_seg), dtype=bool)
     cohorts_now = int(payload.ids.size)
     for week in range(rounds):
         U = fold_ins(payload, fleet.train)
         row = assign(payload, U)
         value = np.where(row >= 0, payload.ids[np.maximum(row, 0)], ROOT).astype(np.int64)
+        held[np.arange(fleet.n_devices), value] = True
         # this week's engagements: the next B movies of each backlog
         lengths = np.array([t.size for t in fleet.train], dtype=np.int64)
         take = np.minimum(B, lengths - sent)
@@ -331,6 +336,7 @@ def simulate(
         cohorts_now,
         published,
         reports,
+        float(held.sum(axis=1).mean()),
         reports / max(total, 1),
         time.monotonic() - t0,
     )
@@ -390,6 +396,7 @@ def evaluate_fleet(
             "cohorts": o.cohorts,
             "published": o.published,
             "engagement reports": o.reports,
+            "memos per device": o.memos,
             "reported share": o.reported_share,
             "seconds": o.seconds,
         }
@@ -424,15 +431,23 @@ def _markdown(results: dict[str, object]) -> str:
                 f"| {fl['label']} | {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | "
                 f"{m['coverage']:.3f} | {m['ndcg@10'] / als:.0%} |"
             )
-    lines += ["", "| fleet | pipeline | cohorts | published | reports | share | s |"]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines += [
+        "",
+        "Cohorts in the last bundle, of which with a published population (measured, lower "
+        "bound ≥ k; a cohort split in the last round is provisional), engagement reports and "
+        "their share of the training engagements, and the distinct cohort ids a device "
+        "reported under (each a permanent response it keeps).",
+        "",
+        "| fleet | pipeline | cohorts | published | reports | share | memos per device | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for fl in rows:
         for key, v in fl.items():
             if key.startswith("pipeline"):
                 lines.append(
                     f"| {fl['label']} | {key[10:-1]} | {v['cohorts']} | {v['published']} | "
                     f"{v['engagement reports']:,} | {v['reported share']:.0%} | "
-                    f"{v['seconds']:.0f} |"
+                    f"{v['memos per device']:.2f} | {v['seconds']:.0f} |"
                 )
     fit = results["model"]
     assert isinstance(fit, dict)
