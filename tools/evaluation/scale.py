@@ -202,7 +202,12 @@ def simulate(
     agg = AggregationSettings()
     model, _ = initial_model(fleet.genres, fleet.n_genres, id_range=id_range, settings=settings)
     payload = model.payload
-    oracle = oracles.choose_oracle(d_seg, config.epsilon)
+    # as the bundle's ``oracle``: the config's, or for "auto" the one choose_oracle picks
+    oracle = (
+        oracles.choose_oracle(d_seg, config.epsilon)
+        if config.oracle == "auto"
+        else oracles.Oracle.parse(config.oracle)
+    )
     cfg_key = config_key("ldp", oracle.value, config.epsilon, config.epsilon_perm)
     memos = _Memos(fleet.n_devices, d_seg, oracle, config.epsilon_perm)
     offers = tuple(offer_id(i) for i in range(fleet.split.n_items))
