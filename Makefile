@@ -157,9 +157,14 @@ stats: build
 
 # The MovieLens-100K evaluation (docs/evaluation.md): the default grid, ~13 min on 2 cores.
 # `make eval-quick` runs the small grid (~45 s). make test runs a 40-user version.
-.PHONY: eval eval-quick
+.PHONY: eval eval-quick eval-scale
 eval: build
 	$(PY) -m tools.evaluation --out eval-results
 
 eval-quick: build
 	$(PY) -m tools.evaluation --quick --out eval-results-quick
+
+# A SIMULATION, not part of `make eval`: synthetic fleets of 1k, 10k and 100k devices drawn from
+# a model fitted to MovieLens (docs/evaluation.md, "Fleet-size simulation").
+eval-scale: build
+	$(PY) -m tools.evaluation.scale --out eval-results-scale

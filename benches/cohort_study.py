@@ -23,7 +23,7 @@ sees only the cohort × movie counts and the cohort populations.
 - Tuning: the design's knobs (f, λ, λ_V, α, β) and ALS's get the validation split carved from
   training, never the test split; ALS uses ``evaluation/als.py``'s random search (10 configs).
 
-Run: ``PYTHONPATH=python .venv/bin/python benches/cohort_study.py`` (about two minutes on two
+Run: ``PYTHONPATH=python:. .venv/bin/python benches/cohort_study.py`` (about two minutes on two
 cores).
 """
 
@@ -37,13 +37,12 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
-from localrank.evaluation.als import als_rankings, tune_als
-from localrank.evaluation.metrics import Quality, quality
-from localrank.evaluation.split import Split, temporal_split
-from localrank.movielens import load_movielens_100k
+from tools.evaluation.als import als_rankings, tune_als
+from tools.evaluation.cohort_sim import assign, fold_ins, own_items, rank
+from tools.evaluation.metrics import Quality, quality
+from tools.evaluation.split import Split, temporal_split
+from tools.movielens import load_movielens_100k
 
-from localrank.bundle.cohorts import CohortPayload
-from localrank.device.fold_in import fold_in, nearest_cohort
 from localrank.server.cohort_fit import CohortSettings, cohort_round, initial_model
 
 ID_RANGE = (10_000, 12_000)  # any reserved range of the segment domain
@@ -54,33 +53,6 @@ class Design:
     settings: CohortSettings
     pairs: bool = False
     epsilon: float | None = None  # GRR on the cohort id; None: no noise
-
-
-def own_items(split: Split) -> list[np.ndarray]:
-    rows = split.train
-    out: list[list[int]] = [[] for _ in range(split.n_users)]
-    for u, i in zip(split.user[rows].tolist(), split.item[rows].tolist(), strict=True):
-        out[u].append(i)
-    return [np.array(sorted(set(x)), dtype=np.int64) for x in out]
-
-
-def fold_ins(payload: CohortPayload, items: list[np.ndarray]) -> np.ndarray:
-    f = payload.factors.shape[1]
-    U = np.zeros((len(items), f))
-    for d, own in enumerate(items):
-        U[d] = fold_in(payload.factors[own], np.ones(own.size), payload.gram_inv)
-    return U
-
-
-def assign(payload: CohortPayload, U: np.ndarray) -> np.ndarray:
-    """Each device's cohort row (index into payload.ids), -1 at the root."""
-    row_of = {int(c): r for r, c in enumerate(payload.ids.tolist())}
-    out = np.full(U.shape[0], -1, dtype=np.int64)
-    for d in range(U.shape[0]):
-        c = nearest_cohort(U[d], payload.centroids, payload.ids)
-        if c is not None:
-            out[d] = row_of[c]
-    return out
 
 
 def grr(values: np.ndarray, k: int, epsilon: float, rng: np.random.Generator) -> np.ndarray:
@@ -120,24 +92,6 @@ def observe(
     totals = S.sum(axis=0, keepdims=True)
     R_hat = (S - totals * q) / (p - q)
     return R_hat, n_hat, var
-
-
-def rank(
-    payload: CohortPayload,
-    U: np.ndarray,
-    pop: np.ndarray,
-    beta: float,
-    seen: list[np.ndarray],
-    k: int = 10,
-) -> list[list[int]]:
-    pop = np.clip(pop, 0, None)
-    popn = np.log1p(pop) / max(np.log1p(pop.max()), 1e-12)
-    S = U @ payload.factors.astype(np.float64).T + beta * popn[None, :]
-    for d, own in enumerate(seen):
-        S[d, own] = -np.inf
-    top = np.argpartition(-S, k, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(S, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1).tolist()
 
 
 @dataclass

@@ -30,8 +30,15 @@ def _matrix(split: Split) -> sp.csr_matrix:
     )
 
 
-def als_rankings(split: Split, params: AlsParams, k: int = 10, seed: int = 0) -> list[list[int]]:
-    """Top-k unseen items per user from ALS trained on ``split.train``."""
+def als_rankings(
+    split: Split,
+    params: AlsParams,
+    k: int = 10,
+    seed: int = 0,
+    users: np.ndarray | None = None,
+) -> list[list[int]]:
+    """Top-k unseen items per user from ALS trained on ``split.train`` (for ``users`` only,
+    in their order, when given: a large fleet is scored on a sample)."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
@@ -47,8 +54,13 @@ def als_rankings(split: Split, params: AlsParams, k: int = 10, seed: int = 0) ->
             random_state=seed,
         )
         model.fit(X, show_progress=False)
-    scores = np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
-    scores[X.nonzero()] = -np.inf
+    if users is None:
+        scores = np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
+        scores[X.nonzero()] = -np.inf
+        top = np.argsort(-scores, axis=1)[:, :k]
+        return [row.tolist() for row in top]
+    scores = np.asarray(model.user_factors)[users] @ np.asarray(model.item_factors).T
+    scores[X[users].nonzero()] = -np.inf
     top = np.argsort(-scores, axis=1)[:, :k]
     return [row.tolist() for row in top]
 

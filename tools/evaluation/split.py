@@ -9,7 +9,7 @@ import numpy as np
 
 from tools.movielens import MovieLens100K
 
-__all__ = ["Split", "temporal_split"]
+__all__ = ["Split", "histories_split", "temporal_split"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,13 @@ def temporal_split(data: MovieLens100K, share: float = 0.2) -> Split:
     return _split_rows(
         np.arange(len(user)), user, item, ts, share, len(data.users), len(data.items)
     )
+
+
+def histories_split(histories: list[np.ndarray], n_items: int, share: float = 0.2) -> Split:
+    """The same split of ordered histories (each user's items, earliest first): the draw
+    position stands in for the timestamp."""
+    sizes = np.array([h.size for h in histories], dtype=np.int64)
+    user = np.repeat(np.arange(len(histories), dtype=np.int64), sizes)
+    item = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
+    ts = np.arange(user.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return _split_rows(np.arange(user.size), user, item, ts, share, len(histories), n_items)
