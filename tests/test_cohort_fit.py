@@ -108,6 +108,33 @@ def test_each_als_half_step_is_the_exact_minimiser() -> None:
         assert als_objective(R, n, fit.U, fit.V + dV, **kw) > J
 
 
+def test_anchored_als_half_steps_minimise_the_anchored_objective_and_keep_unseen_directions() -> (
+    None
+):
+    """With ``anchor``, J has λ_V·‖V − V⁰‖²: V's half-step is its exact minimiser (moving V off
+    it raises J), J never increases, and a direction no cohort row spans keeps V⁰'s values
+    (without the anchor it shrinks to 0)."""
+    R, n, V0 = small_problem(7)
+    s = CohortSettings(factors=3, alpha=2.0, iterations=4, anchor=True)
+    fit = fit_offer_factors(R, n, V0, settings=s)
+    kw = {"alpha": 2.0, "regularization": 1.0, "offer_regularization": 10.0, "anchor": V0}
+    J = als_objective(R, n, fit.U, fit.V, **kw)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        dV = rng.standard_normal(fit.V.shape) * 1e-3
+        assert als_objective(R, n, fit.U, fit.V + dV, **kw) > J
+    for a, b in itertools.pairwise(fit.objective):
+        assert b <= a * (1 + 1e-12) + 1e-12
+    # one cohort row: U spans one direction; an offer nobody engaged with keeps V⁰ in the
+    # directions orthogonal to it, where the unanchored fit leaves nothing
+    R1, n1 = R[:1].copy(), n[:1]
+    R1[0, 0] = 0.0
+    anchored = fit_offer_factors(R1, n1, V0, settings=s).V
+    plain = fit_offer_factors(R1, n1, V0, settings=CohortSettings(factors=3, iterations=4)).V
+    assert np.linalg.matrix_rank(plain, tol=1e-9) == 1
+    assert np.linalg.matrix_rank(anchored, tol=1e-9) == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # The centroid identity
 

@@ -370,3 +370,23 @@ BAD: list[tuple[str, Call]] = [
 def test_bad_input_names_the_argument(arg: str, call: Call) -> None:
     with pytest.raises(InputError, match=rf"^{arg}:"):
         call()
+
+
+@pytest.mark.parametrize("d", [2, 5, 20, 25, 37, 40, 100, 1000])
+@pytest.mark.parametrize("eps,eps_perm", [(2.0, 4.0), (1.0, 2.0), (0.5, 4.0)])
+def test_the_chained_choice_has_the_smaller_chained_variance(
+    d: int, eps: float, eps_perm: float
+) -> None:
+    """The oracle picked for the chained report has the smaller per-report variance of a
+    de-biased count, from each oracle's effective probabilities; at ε = 2, ε_perm = 4 and
+    d = 25 (the evaluation's domain) that is GRR, where the single-stage rule says OUE."""
+
+    def var(o: ldp.Oracle) -> float:
+        p, q = ldp.effective_probabilities(o, d, eps, eps_perm)
+        return q * (1 - q) / (p - q) ** 2
+
+    chosen = ldp.choose_chained_oracle(d, eps, eps_perm)
+    other = ldp.Oracle.OUE if chosen is ldp.Oracle.GRR else ldp.Oracle.GRR
+    assert var(chosen) <= var(other)
+    if (d, eps, eps_perm) == (25, 2.0, 4.0):
+        assert chosen is ldp.Oracle.GRR and ldp.choose_oracle(d, eps) is ldp.Oracle.OUE

@@ -34,7 +34,7 @@ from localrank.privacy.continual import (
     epsilon_for_rho,
     rho_for_epsilon,
 )
-from localrank.privacy.oracles import choose_oracle
+from localrank.privacy.oracles import choose_chained_oracle
 from localrank.shared.catalog import Catalog
 from localrank.shared.segments import SegmentTable, build_segments
 from localrank.shared.taxonomy import Taxonomy
@@ -382,10 +382,12 @@ class Bundle:
     @property
     def oracle(self) -> str:
         """The LDP oracle devices use for segments: the config's, or for ``auto`` the one
-        :func:`localrank.privacy.oracles.choose_oracle` picks for this bundle's segment domain."""
+        :func:`localrank.privacy.oracles.choose_chained_oracle` picks for this bundle's segment
+        domain and its chained report."""
         if self.config.oracle != "auto":
             return self.config.oracle
-        return choose_oracle(self.segments.d_seg, self.config.epsilon).value
+        c = self.config
+        return choose_chained_oracle(self.segments.d_seg, c.epsilon, c.epsilon_perm).value
 
 
 # ---------------------------------------------------------------------------------------------

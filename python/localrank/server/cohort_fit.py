@@ -110,6 +110,13 @@ class CohortSettings:
     #: An id carries over only to a centroid whose taste has at least this cosine with it.
     min_similarity: float = 0.5
     encoding: FactorEncoding = "float16"
+    #: Shrink each offer's factors toward the previous round's (λ_V·‖v_i − v_i⁰‖²) instead of
+    #: toward 0: with few cohort rows the fit only informs the directions those rows span, and
+    #: the others keep what the previous round (round 0: the public content) knew.
+    anchor: bool = False
+    #: Fit the factors on every cohort's own row before merging (ldp: each row is already
+    #: protected on the device; merging is for what is published), not on the merged rows.
+    fit_unmerged: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, arg: str, expected: str) -> None:
@@ -362,8 +369,10 @@ def als_objective(
     alpha: float,
     regularization: float,
     offer_regularization: float,
+    anchor: object | None = None,
 ) -> float:
-    """``J(U, V)`` of the module docstring.
+    """``J(U, V)`` of the module docstring; with ``anchor`` (float ``[offers, f]``) the offers'
+    term is ``λ_V·‖V − anchor‖²``.
 
     Raises:
         InputError: naming the argument.
@@ -377,7 +386,8 @@ def als_objective(
     conf = 1.0 + alpha * P
     data = float(np.einsum("c,ci->", w, conf * (P - S) ** 2))
     reg = regularization * float(np.einsum("c,cf,cf->", w, Uf, Uf))
-    return data + reg + offer_regularization * float(np.einsum("if,if->", Vf, Vf))
+    D = Vf if anchor is None else Vf - _factors(anchor, "anchor")
+    return data + reg + offer_regularization * float(np.einsum("if,if->", D, D))
 
 
 def _outer_rows(X: np.ndarray) -> np.ndarray:
@@ -404,11 +414,15 @@ def _solve_cohorts(P: np.ndarray, V: np.ndarray, alpha: float, lam: float) -> np
     return out
 
 
-def _solve_offers(P: np.ndarray, W: np.ndarray, U: np.ndarray, lam_v: float) -> np.ndarray:
+def _solve_offers(
+    P: np.ndarray, W: np.ndarray, U: np.ndarray, lam_v: float, anchor: np.ndarray | None = None
+) -> np.ndarray:
     f = U.shape[1]
     A = np.einsum("ci,cj->ij", W, _outer_rows(U), optimize=False).reshape(-1, f, f)
     A += lam_v * np.eye(f)
     b = np.einsum("ci,cf->if", W * P, U, optimize=False)
+    if anchor is not None:
+        b = b + lam_v * anchor
     out: np.ndarray = np.linalg.solve(A, b[:, :, None])[:, :, 0]
     return out
 
@@ -434,11 +448,12 @@ def fit_offer_factors(
         raise InputError(f"counts: expected [C, {V.shape[0]}] to match initial, got {R.shape}")
     P = rates(R, n)
     W = np.clip(n, 0, None)[:, None] * (1.0 + s.alpha * P)
+    anchor = V.copy() if s.anchor else None
     trace: list[float] = []
     U = np.zeros((R.shape[0], V.shape[1]))
     for _ in range(s.iterations):
         U = _solve_cohorts(P, V, s.alpha, s.regularization)
-        V = _solve_offers(P, W, U, s.offer_regularization)
+        V = _solve_offers(P, W, U, s.offer_regularization, anchor)
         trace.append(
             als_objective(
                 R,
@@ -448,6 +463,7 @@ def fit_offer_factors(
                 alpha=s.alpha,
                 regularization=s.regularization,
                 offer_regularization=s.offer_regularization,
+                anchor=anchor,
             )
         )
     return AlsFit(V, U, tuple(trace))
@@ -799,7 +815,7 @@ def cohort_round(
             regularization=s.regularization,
         )  # fmt: skip
         return CohortRound(CohortModel(payload, np.zeros(0), np.zeros(0, bool)), [], [], ())
-    R_fit, n_fit = Rm, nm
+    R_fit, n_fit = (R, n) if s.fit_unmerged else (Rm, nm)
     if earlier_counts is not None or earlier_sizes is not None:
         Re, ne = _rows(earlier_counts, earlier_sizes)
         if Re.shape[1] != R.shape[1]:

@@ -39,8 +39,15 @@ ROUND_TIME = "extra_cohort_round_t"
 
 
 def cohort_settings(config: BundleConfig) -> CohortSettings:
-    """The fit's settings for a bundle: factors in the bundle's ``d``, its ``min_population``."""
-    return CohortSettings(factors=config.d, min_population=config.min_population)
+    """The fit's settings for a bundle: factors in the bundle's ``d``, its ``min_population``;
+    the factors anchored to the previous round's; in ``ldp`` mode fitted on every cohort's
+    own (device-randomised) row, merged only for what is published."""
+    return CohortSettings(
+        factors=config.d,
+        min_population=config.min_population,
+        anchor=True,
+        fit_unmerged=config.mode == "ldp",
+    )
 
 
 def round_zero(catalog: Catalog, taxonomy: Taxonomy, config: BundleConfig) -> CohortPayload:
