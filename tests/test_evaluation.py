@@ -104,16 +104,16 @@ def test_default_grid_is_the_issue_grid() -> None:
     for k in (20, 50):
         for eps in ("0.5", "1", "2", "4"):
             assert f"ldp ε={eps} k={k}" in names
-        for eps in ("0.5", "1", "2", "none"):
-            assert f"central ε={eps} k={k}" in names
+        assert f"central ε=none k={k}" in names  # k-anonymity alone, no noise
         for eps in ("0.5", "1", "2", "4"):  # the device-level guarantee per 30 days
             assert f"central ε={eps}/30d k={k}" in names
-    assert len(DEFAULT_GRID) == 24
+    assert len(DEFAULT_GRID) == 18
     assert set(QUICK_GRID) <= set(DEFAULT_GRID)
     units = {c.name: c.unit for c in DEFAULT_GRID}
     assert units["ldp ε=2 k=50"] == "report"
-    assert units["central ε=1 k=50"] == "device-epoch"
     assert units["central ε=1/30d k=50"] == "device-30-days"
+    # the first central design still runs on request, under its own unit
+    assert Cell("central", 1.0, 50).unit == "device-epoch"
 
 
 def test_cell_config_carries_its_epsilon_and_population() -> None:
