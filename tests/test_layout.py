@@ -142,3 +142,26 @@ def test_every_device_table_has_one_owner() -> None:
             if table in TABLE_OWNERS:
                 found.setdefault(table, set()).add(str(path.relative_to(PACKAGE)))
     assert found == {t: {owner} for t, owner in TABLE_OWNERS.items()}
+
+
+def test_every_error_class_is_raised_somewhere() -> None:
+    """No dead error type: each exception of localrank.errors is raised (or is the base of one
+    that is) by the package, the Rust bindings (KernelError) or the tools (the MovieLens
+    loader's DataUnavailableError). The accountant does not raise: it refuses with a reason
+    (``Engine.last_report_stops``)."""
+    import inspect
+
+    import localrank.errors as errors
+
+    files = [p for p in PACKAGE.rglob("*.py") if p.name != "errors.py"]
+    files += [*(ROOT / "tools").rglob("*.py"), *(ROOT / "rust" / "localrank-py").rglob("*.rs")]
+    source = "\n".join(p.read_text(encoding="utf-8") for p in files)
+    classes = [
+        c
+        for _, c in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(c, Exception) and c.__module__ == errors.__name__
+    ]
+    # Python raises ``Name(...)``; the bindings look the class up by its quoted name
+    raised = {c for c in classes if f"{c.__name__}(" in source or f'"{c.__name__}"' in source}
+    bases = {b for c in raised for b in c.__mro__}
+    assert [c.__name__ for c in classes if c not in raised and c not in bases] == []

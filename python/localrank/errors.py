@@ -7,7 +7,6 @@ The compiled core maps its own errors onto these classes, in one place
 from __future__ import annotations
 
 __all__ = [
-    "BudgetExhaustedError",
     "BundleError",
     "BundleExpiredError",
     "BundleFormatError",
@@ -20,7 +19,6 @@ __all__ = [
     "InputError",
     "KernelError",
     "LocalrankError",
-    "PolicyError",
     "StoreError",
 ]
 
@@ -72,14 +70,6 @@ class BundleRollbackError(BundleError):
 
 class StoreError(LocalrankError):
     """The device store cannot be used: corrupt, written by a newer version, or locked."""
-
-
-class PolicyError(LocalrankError):
-    """A call asked for something the privacy policy does not allow."""
-
-
-class BudgetExhaustedError(PolicyError):
-    """The privacy accountant refused: the ε budget of the report, epoch or window is spent."""
 
 
 class DataUnavailableError(LocalrankError, RuntimeError):
