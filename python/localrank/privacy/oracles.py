@@ -285,8 +285,9 @@ class Randomizer:
 
     @classmethod
     def for_domain(cls, d: int, epsilon: float, epsilon_perm: float) -> Randomizer:
-        """The randomiser with the oracle :func:`choose_oracle` picks for ``(d, epsilon)``."""
-        return cls(choose_oracle(d, epsilon), d, epsilon, epsilon_perm)
+        """The randomiser with the oracle :func:`choose_chained_oracle` picks for its chained
+        report (the rule a bundle's ``auto`` oracle follows)."""
+        return cls(choose_chained_oracle(d, epsilon, epsilon_perm), d, epsilon, epsilon_perm)
 
     @property
     def report_epsilon(self) -> float:
