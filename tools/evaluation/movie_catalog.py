@@ -57,16 +57,11 @@ def movielens_catalog(data: MovieLens100K, d: int) -> Catalog:
     return Catalog.from_offers(offers, taxonomy, DEMO_CONTEXTS, d=d)
 
 
-#: Segment depth for a fleet of about a thousand devices. The product's default depth (3:
-#: genre/genre/region, 3,782 segments here) is sized for large fleets: under LDP a segment's
-#: population is published only once the lower end of its 95% interval clears
-#: ``min_population``, which at d_seg = 3,782 (OUE) takes on the order of 10⁵ devices. At
-#: depth 1 (the top genre, 20 segments, GRR) the large genres publish with ~10³ devices.
-SEGMENT_DEPTH = 1
 #: Learned interest cohorts replace the genre segments: round 0 is one cohort per genre, later
 #: rounds learn them from what the fleet reports. 24 slots hold the 19 genres of round 0 and
 #: the ~n/(1.5·k) cohorts the fleet supports at k ≥ 26; the genre paths leave the LDP domain
-#: (depth 0), which keeps d_seg = 25, near the genre segments' 20.
+#: (depth 0), which keeps d_seg = 25, near the genre segments' 20 (the product's default depth,
+#: 3 — genre/genre/region, 3,782 segments here — would need ~10⁵ devices to publish any).
 COHORT_SLOTS = 24
 
 
