@@ -26,7 +26,7 @@ from localrank.bundle import Bundle
 from localrank.bundle.keys import PublicKeyLike, load_public_key
 from localrank.device.events import RETENTION_S, EventLog, EventRecord, NewEvent
 from localrank.device.installed_bundle import InstalledBundle
-from localrank.device.profile import Profile, ProfileSync
+from localrank.device.profile import Profile, ProfileSync, ProfileView
 from localrank.device.ranking import (
     Recommendation,
     ScoringInputs,
@@ -324,6 +324,13 @@ class Engine:
     ) -> ScoringInputs:
         """Exactly what the kernel receives for ``context``: ``u``, the prior, the weights,
         the eligibility mask and ``adjust``. The ONNX parity tests and debugging use it."""
+        return self._inputs_and_view(context, location, now)[0]
+
+    def _inputs_and_view(
+        self, context: str, location: Location | None, now: float | None
+    ) -> tuple[ScoringInputs, ProfileView]:
+        """The kernel's inputs and the profile view they came from (the reasons need it):
+        one profile sync and one view per request."""
         ctx = self._context_id(context)
         t = self._now(now)
         loc = validate_location(location) if location is not None else None
@@ -341,7 +348,7 @@ class Engine:
             location=loc,
         )
         view = profile.view(self.policy.allowed(context))
-        return scoring_inputs(b, self._settings, self.tuning, view, seg.active, g)
+        return scoring_inputs(b, self._settings, self.tuning, view, seg.active, g), view
 
     def recommend(
         self,
@@ -360,13 +367,12 @@ class Engine:
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InputError(f"k: expected an integer ≥ 1, got {k!r}")
-        inputs = self.scoring_inputs(context, location=location, now=now)
+        inputs, view = self._inputs_and_view(context, location, now)
         t = inputs.guardrails.now
         snooze = self._store.snooze()
         shown = self._events.impressions(t - 86400, t)
         if leave_alone(self._settings, t, snooze[0] if snooze else -math.inf, shown):
             return []
-        view = self._profile(t).view(self.policy.allowed(context))
         return rank(self.bundle, inputs, view, k)
 
     def snooze(self, *, now: float | None = None) -> float:
