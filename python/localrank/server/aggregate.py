@@ -348,17 +348,17 @@ class Aggregator:
         # drowned by them at the default weights (docs/server.md).
         bias = base_bias + (s.popularity_weight * np.log1p(pop)).astype(np.float32)
         tax = bundle.taxonomy
-        content = content_embeddings(
-            [[tax.names[c] for c in catalog.categories_of(i)] for i in range(len(catalog))],
-            tax,
-            cfg.d,
-            local=list(catalog.local),
-        )
         if cohorts is not None:
             # The cohorts' factors are the embeddings (build_bundle puts them in the catalog).
             embeddings = cohorts.payload.factors
             version_name = embedding_version(embeddings, "cohort-als")
         else:
+            content = content_embeddings(
+                [[tax.names[c] for c in catalog.categories_of(i)] for i in range(len(catalog))],
+                tax,
+                cfg.d,
+                local=list(catalog.local),
+            )
             learned = learned_embeddings(
                 eng.scores,
                 content,

@@ -546,6 +546,23 @@ def merge_small(
     return sorted(tuple(sorted(groups[g])) for g in np.flatnonzero(alive))
 
 
+def group_lower_bounds(
+    groups: Sequence[Sequence[int]],
+    sizes: np.ndarray,
+    variances: np.ndarray,
+    *,
+    z: float = Z95,
+    margin: float = 0.0,
+) -> np.ndarray:
+    """float64[G]: each group's population lower bound, ``Σ sizes − z·√(Σ variances) − margin``,
+    the bound :func:`merge_small` merges by (the module docstring)."""
+    out = [
+        float(sizes[list(g)].sum()) - z * math.sqrt(float(variances[list(g)].sum())) - margin
+        for g in groups
+    ]
+    return np.asarray(out, dtype=np.float64)
+
+
 def target_cohorts(n_devices: float, min_population: int, per_cohort: float = 1.5) -> int:
     """``max(1, ⌊n_devices / (per_cohort · min_population)⌋)``: the number of cohorts to aim at.
 
@@ -807,8 +824,7 @@ def cohort_round(
     merged_ids = [tuple(int(previous.ids[g]) for g in grp) for grp in groups if len(grp) > 1]
     Rm = np.array([R[list(g)].sum(axis=0) for g in groups]).reshape(-1, R.shape[1])
     nm = np.array([n[list(g)].sum() for g in groups])
-    lbm = np.array([n[list(g)].sum() - Z95 * math.sqrt(var[list(g)].sum()) for g in groups])
-    lbm = lbm - margin
+    lbm = group_lower_bounds(groups, n, var, margin=margin)
     if not groups:  # too few devices for one cohort: keep V, publish none
         payload = CohortPayload.build(
             dict(previous.encoded), np.zeros((0, s.factors)), np.zeros(0, np.int64),

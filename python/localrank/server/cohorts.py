@@ -21,9 +21,9 @@ import numpy as np
 from localrank.bundle import Bundle, BundleConfig
 from localrank.bundle.cohorts import CohortPayload
 from localrank.server.cohort_fit import (
-    Z95,
     CohortSettings,
     cohort_round,
+    group_lower_bounds,
     initial_model,
     merge_small,
 )
@@ -176,13 +176,13 @@ def merge_only(
     )
     if not groups or len(groups) == current.ids.size:
         return None
-    centroids, ids, lower = [], [], []
+    centroids, ids = [], []
     for g in groups:
         members = list(g)
         w = sizes[members]
         centroids.append((current.centroids[members] * w[:, None]).sum(axis=0) / w.sum())
         ids.append(int(current.ids[members[int(np.argmax(w))]]))
-        lower.append(w.sum() - Z95 * float(np.sqrt(variances[members].sum())) - margin)
+    lower = group_lower_bounds(groups, sizes, variances, margin=margin)
     order = np.argsort(ids, kind="stable")
     payload = CohortPayload.build(
         dict(current.encoded),
@@ -190,7 +190,7 @@ def merge_only(
         np.asarray(ids, dtype=np.int64)[order],
         regularization=current.regularization,
     )
-    return payload, np.asarray(lower)[order]
+    return payload, lower[order]
 
 
 def _with_cohorts(
