@@ -86,9 +86,9 @@ lint: build
 
 bench: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops
-	$(PY) benches/compare.py
-	$(PY) benches/recommend.py
-	$(PY) benches/onnx_model.py
+	$(PY) -m benches.compare
+	$(PY) -m benches.recommend
+	$(PY) -m benches.onnx_model
 	$(MAKE) bench-server
 
 # The server's bounded load tests on loopback (benches/server_load.py, docs/scale-out.md):

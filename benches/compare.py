@@ -1,6 +1,6 @@
 """Side-by-side comparison of the scoring kernel with faiss, numpy and onnxruntime, in one process.
 
-    python benches/compare.py [--sizes 1000,10000,100000,1000000] [--quick] [--out FILE]
+    python -m benches.compare [--sizes 1000,10000,100000,1000000] [--quick] [--out FILE]
 
 For each catalog size n (d = 64, k = 10, one thread everywhere) it times:
 

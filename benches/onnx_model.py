@@ -1,6 +1,6 @@
 """The exported ONNX scorer under onnxruntime, beside the Rust core, on demo-like catalogs.
 
-    python benches/onnx_model.py [--sizes 1000,100000] [--d 32] [--quick] [--out FILE]
+    python -m benches.onnx_model [--sizes 1000,100000] [--d 32] [--quick] [--out FILE]
 
 For each catalog size n it builds a signed bundle of ``demo_offers(n)`` (local, sensitive,
 time-limited and context-limited offers, content embeddings in dimension d), exports the

@@ -1,6 +1,6 @@
 """``Engine.recommend`` from start to end: a 10k-offer catalog and 10k stored events.
 
-    python benches/recommend.py [--offers 10000] [--events 10000] [--calls 300]
+    python -m benches.recommend [--offers 10000] [--events 10000] [--calls 300]
 
 Prints the median and percentiles of a full ``recommend()`` call and the kernel's share (the
 same ``score_topk`` call on the same inputs, timed alone), and writes JSON beside the other
