@@ -50,7 +50,9 @@ def _sanitised_environment() -> None:
         env[name] = "1"
     env["_LOCALRANK_BENCH_CLEAN"] = "1"
     env["_LOCALRANK_BENCH_REMOVED"] = ",".join(removed)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    # run as a module (python -m benches.compare), re-run as one: benches.machine must import
+    argv = ["-m", __spec__.name, *sys.argv[1:]] if __spec__ is not None else sys.argv
+    os.execve(sys.executable, [sys.executable, *argv], env)
 
 
 _sanitised_environment()
