@@ -359,6 +359,34 @@ def test_no_published_cohort_is_below_min_population() -> None:
         assert np.all(m.populations[m.provisional] * 2 >= s.split_at * 40)
 
 
+def test_fine_cohorts_learn_apart_and_publish_only_groups_that_clear_the_threshold() -> None:
+    """ldp's ``fine_cohorts``: 5 planted tastes of 30 devices each and min_population = 50
+    (round 0: 6 content cohorts). The merging rounds collapse them to ⌊150 / 50⌋ = 3 cohorts at
+    most (tastes mixed in a cohort's row, lost to the factors for good); the learning cohorts
+    keep every taste apart, and only groups of them are published, each with a census lower
+    bound ≥ 50."""
+    tastes = 5
+    X, z, cats, _ = planted_fleet(31, tastes, 30 * tastes)
+    merged = rounds_on(X, cats, CohortSettings(factors=12, min_population=50), 3)[-1]
+    assert merged.model.payload.ids.size <= 3
+    s = CohortSettings(factors=12, min_population=50, fit_unmerged=True, fine_cohorts=True)
+    last = rounds_on(X, cats, s, 3)[-1].model
+    ids = assign(last.payload, X)
+    majority = [Counter(ids[z == t].tolist()).most_common(1)[0] for t in range(tastes)]
+    assert len({m[0] for m in majority}) == tastes  # every taste its own learning cohort
+    assert all(count >= 27 for _, count in majority)  # ≥ 90% of each taste's devices
+    published = np.isfinite(last.populations)
+    assert 1 <= published.sum() < last.payload.ids.size
+    assert np.all(last.populations[published] >= 50)
+    heads = {g[0] for g in last.groups}
+    assert heads == set(last.payload.ids[published].tolist())
+    members = [m for g in last.groups for m in g]
+    assert len(members) == len(set(members))  # the groups are disjoint
+    n = {int(c): float(np.sum(ids == c)) for c in last.payload.ids}
+    for g in last.groups:  # each group holds its published population (zero census variance)
+        assert sum(n[m] for m in g) >= 50
+
+
 def test_earlier_rounds_rows_join_the_fit_and_nothing_else() -> None:
     """Rows of earlier cohorts in the window are further pseudo-users of the ALS: the round's V
     is the fit on the stacked rows; the cohorts themselves come from this round's rows."""

@@ -542,8 +542,10 @@ def test_a_taste_too_small_for_a_cohort_keeps_its_interest(small_run: Run) -> No
     """The games devices' round-0 cohort is never published, so in central mode none of its
     engagement is collected. A round must not read that as "engaged with nothing": a zero row
     shrank the games offers' factors to exactly 0, and with them the games devices' u, which
-    left them outside every cohort (and without an interest term) for good. They are merged
-    into a neighbouring published cohort instead, and keep a u that points at their offers."""
+    left them outside every cohort (and without an interest term) for good. Central mode merges
+    them into a neighbouring published cohort; ldp keeps their learning cohort apart (published,
+    if at all, only within a group that clears the threshold). Either way they keep a u that
+    points at their offers."""
     run = small_run
     assert len(run.rounds()) >= 3
     last = run.bundles[-1]
@@ -554,7 +556,15 @@ def test_a_taste_too_small_for_a_cohort_keeps_its_interest(small_run: Run) -> No
     cohorts = {d.cohort_under[last.digest] for d in games}
     assert len(cohorts) == 1 and None not in cohorts
     cid = cohorts.pop()
-    assert cid is not None and last.segments.populations[cid] >= MIN_POPULATION
+    assert cid is not None
+    if run.mode == "central":
+        assert last.segments.populations[cid] >= MIN_POPULATION
+    else:
+        # ldp: the games devices keep a learning cohort of their own, too small to publish;
+        # they rank by a published cohort only if one has their taste (none has here)
+        assert last.segments.populations[cid] < MIN_POPULATION
+        active = {s.active for d, n, s in run.segments if d == DAYS - 1 and n.startswith("games")}
+        assert active == {ROOT}
     for dev in games:
         u = u_of[dev.name].astype(np.float64)
         assert np.linalg.norm(u) > 0
@@ -597,8 +607,17 @@ def test_a_round_with_too_few_devices_keeps_the_cohorts(late_run: Run) -> None:
     assert all(len(ids) == 1 and None not in ids for ids in per_group.values()), per_group
     ids = [next(iter(v)) for v in per_group.values()]
     assert len(set(ids)) == len(GROUPS)
-    for cid in ids:
-        assert cid is not None and last.segments.populations[cid] >= MIN_POPULATION
+    active = {n: s.active for d, n, s in run.segments if d == DAYS - 1}
+    for g, cid in zip(GROUPS, ids, strict=True):
+        assert cid is not None
+        # each big taste ranks by a published cohort: its own (central; ldp when it publishes
+        # alone) or, in ldp, the group its learning cohort is published with
+        ranked_by = {active[d.name] for d in run.devices if d.group == g}
+        assert len(ranked_by) == 1, (g, ranked_by)
+        (published,) = ranked_by
+        assert last.segments.populations[published] >= MIN_POPULATION
+        if run.mode == "central":
+            assert published == cid
 
 
 def test_merge_only_joins_small_cohorts_by_the_census_alone() -> None:
@@ -624,3 +643,51 @@ def test_merge_only_joins_small_cohorts_by_the_census_alone() -> None:
     # nothing to merge, or nothing publishable: no change
     assert merge_only(payload, np.full(3, 80.0), np.zeros(3), min_population=50, margin=0) is None
     assert merge_only(payload, np.full(3, 5.0), np.zeros(3), min_population=50, margin=0) is None
+
+
+def test_between_rounds_a_published_group_is_measured_again_as_a_group(tmp_path: Path) -> None:
+    """ldp publishes learning cohorts in groups. Between rounds the bundle's groups (its
+    ``extra_cohort_group``) stay: each group's population is its members' census summed, less
+    1.96·√(summed variances), published under its first id only when that reaches
+    min_population; a published group's engagement is pooled under that id for the priors. The
+    groups travel on, published or not (a later census may measure one that clears it)."""
+    from localrank.server.cohorts import GROUPS, ROUND_TIME, next_cohorts
+    from localrank.server.statistics import Engagement, Populations
+
+    keys = Keys(tmp_path)
+    cfg = cohort_config("ldp")
+    cat = fixture_catalog(cfg.d)
+    payload = round_zero(cat, TAXONOMY, cfg)
+    ids = payload.ids.tolist()
+    assert len(ids) >= 4
+    a, b, c, d = ids[:4]
+    head = np.full(len(ids), -1, np.int64)
+    head[[0, 1]] = a  # group (a, b), published under a
+    head[[2, 3]] = c  # group (c, d), too small this time
+    t = T0 + 3 * DAY
+    data = build_bundle(
+        catalog=cat, taxonomy=TAXONOMY, config=cfg, cohorts=payload, version=2,
+        created=t - DAY, expires=t + 30 * DAY, signing_key=keys.private.read_bytes(),
+        extras={ROUND_TIME: np.array([t - DAY]), GROUPS: head},
+    )  # fmt: skip
+    bundle = open_bundle(data, keys.public, now=t)
+    d_seg = bundle.segments.d_seg
+    estimate = np.zeros(d_seg)
+    estimate[[a, b, c, d]] = [4.0, 3.0, 2.0, 1.0]
+    variance = np.zeros(d_seg)
+    variance[[a, b]] = [0.25, 0.0]
+    pops = Populations(estimate, variance, np.full(d_seg, -1, np.int64), reports=10)
+    tracked = np.array([a, b, c, d], np.int64)
+    scores = np.arange(len(cat) * 4, dtype=np.float64).reshape(len(cat), 4)
+    eng = Engagement(tracked, scores, np.ones_like(scores), scores.sum(1), np.ones(len(cat)), 40)
+    out = next_cohorts(bundle, t, pops, eng, np.full(d_seg, -1, np.int64), tolerated=0)
+    assert out is not None and not out.round_ran
+    assert out.payload is bundle.cohorts
+    # (a, b): 4 + 3 − 1.96·√0.25 = 6.02 ≥ 5, published under a; (c, d): 3 < 5
+    assert out.populations[a] == 6
+    for cid in (b, c, d):
+        assert out.populations[cid] == UNKNOWN_POPULATION
+    np.testing.assert_array_equal(out.extras[GROUPS], head)
+    assert out.engagement is not None
+    np.testing.assert_array_equal(out.engagement.scores[:, 0], scores[:, 0] + scores[:, 1])
+    np.testing.assert_array_equal(out.engagement.scores[:, 1:], scores[:, 1:])  # (c, d) unpublished

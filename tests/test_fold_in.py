@@ -105,6 +105,18 @@ def test_nearest_cohort_of_nothing_is_none() -> None:
     assert nearest_cohort([1.0, 0.0], [[0.0, 0.0]], [3]) is None
 
 
+def test_nearest_cohort_below_min_cosine_is_none() -> None:
+    """A stand-in cohort must share the device's taste: the nearest at cosine 0.6 counts at
+    ``min_cosine=0.5`` and not at 0.7, however long the vectors."""
+    C = np.array([[0.6, 0.8], [-1.0, 0.0]]) * 5.0
+    assert nearest_cohort([3.0, 0.0], C, [7, 8], min_cosine=0.5) == 7
+    assert nearest_cohort([3.0, 0.0], C, [7, 8], min_cosine=0.7) is None
+    assert nearest_cohort([3.0, 0.0], C, [7, 8]) == 7  # default: any direction
+    for bad in (1.5, -2.0, float("nan"), True, "0.5"):
+        with pytest.raises(InputError, match=r"^min_cosine: expected"):
+            nearest_cohort([1.0, 0.0], C, [7, 8], min_cosine=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [

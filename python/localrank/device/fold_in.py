@@ -92,9 +92,12 @@ def fold_in_sum(weighted_sum: np.ndarray, gram_inv: np.ndarray) -> np.ndarray:
     return out
 
 
-def nearest_cohort(u: object, centroids: object, ids: object) -> int | None:
+def nearest_cohort(
+    u: object, centroids: object, ids: object, *, min_cosine: float = -1.0
+) -> int | None:
     """The id of the centroid nearest to ``u`` in direction (largest cosine), ties to the
-    lowest id; None when ``u`` is zero or there is no cohort (the device stays at the root).
+    lowest id; None when ``u`` is zero, there is no cohort, or the largest cosine is below
+    ``min_cosine`` (the device stays at the root).
 
     Raises:
         InputError: naming the argument and what was expected.
@@ -106,6 +109,10 @@ def nearest_cohort(u: object, centroids: object, ids: object) -> int | None:
         raise InputError(f"u: expected a numeric vector, got {type(u).__name__}") from e
     if v.ndim != 1 or v.size < 1 or not np.all(np.isfinite(v)):
         raise InputError(f"u: expected a finite 1-D vector, got shape {v.shape}")
+    if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)):
+        raise InputError(f"min_cosine: expected a number in [-1, 1], got {min_cosine!r}")
+    if not -1.0 <= min_cosine <= 1.0:
+        raise InputError(f"min_cosine: expected a number in [-1, 1], got {min_cosine!r}")
     ids_a = np.asarray(ids)
     if C is None:
         if ids_a.size:
@@ -121,6 +128,6 @@ def nearest_cohort(u: object, centroids: object, ids: object) -> int | None:
     norms = np.sqrt(np.einsum("cf,cf->c", C, C))
     cos = np.where(norms > 0, (C @ (v / norm)) / np.where(norms > 0, norms, 1.0), -np.inf)
     best = cos.max()
-    if not np.isfinite(best):
+    if not np.isfinite(best) or best < min_cosine:
         return None
     return int(ids_a[cos == best].min())

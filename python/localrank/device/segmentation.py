@@ -11,8 +11,10 @@ Two questions, two answers:
 When the bundle carries learned interest **cohorts**, the device folds itself into the
 bundle's factor space with the same allowed signals (:attr:`ProfileView.u
 <localrank.device.profile.ProfileView>`) and joins the nearest centroid: that cohort is its
-finest segment, and its active one once the cohort's published population reaches
-``min_population``. Sensitive events never enter the profile, so they never move a device's
+finest segment. Its active one is its own cohort once that is published (population ≥
+``min_population``); before that (a learning cohort too small to publish alone, or a split's
+child that no census has measured yet) the nearest published cohort, if its taste is close
+enough (:data:`STAND_IN_COSINE`), else the demographic one. Sensitive events never enter the profile, so they never move a device's
 cohort either.
 """
 
@@ -27,7 +29,11 @@ from localrank.device.profile import Profile, ProfileRules
 from localrank.device.store import Store
 from localrank.shared.policy import SEGMENTS_ROW, Policy
 
-__all__ = ["SegmentInfo", "Segmentation"]
+__all__ = ["STAND_IN_COSINE", "SegmentInfo", "Segmentation"]
+
+#: A published cohort stands in for a device's unpublished one only with at least this cosine
+#: to the device's own ``u`` (the server's id matching asks the same of "about the same taste").
+STAND_IN_COSINE = 0.5
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,20 @@ class Segmentation:
             cohort = nearest_cohort(view.u, c.centroids, c.ids)
         if cohort is not None:
             finest = cohort
-            if segs.populations[cohort] >= bundle.config.min_population:
+            # Ranked by the nearest *published* cohort: its own when published, else the
+            # nearest that is (in ldp mode small cohorts learn apart and publish together),
+            # if its taste is close enough to stand for the device's
+            c = bundle.cohorts
+            assert c is not None
+            published = segs.populations[c.ids] >= bundle.config.min_population
+            if published[c.ids == cohort].all():
                 active = cohort
+            elif published.any():
+                nearest = nearest_cohort(
+                    view.u, c.centroids[published], c.ids[published], min_cosine=STAND_IN_COSINE
+                )
+                if nearest is not None:
+                    active = nearest
         return SegmentInfo(finest, active, segs.paths[finest], segs.paths[active], cohort)
 
     def region(

@@ -329,10 +329,12 @@ class Aggregator:
         cohorts = next_cohorts(
             bundle, t, pops, eng, published, tolerated=s.forged_reports_tolerated
         )
+        prior_eng = eng
         if cohorts is not None:
             published = cohorts.populations
+            prior_eng = cohorts.engagement or eng
         priors = category_priors(
-            eng,
+            prior_eng,
             primary=catalog.category,
             sensitive_categories=bundle.taxonomy.sensitive_mask,
             parents=segs.parents,

@@ -117,6 +117,13 @@ class CohortSettings:
     #: Fit the factors on every cohort's own row before merging (ldp: each row is already
     #: protected on the device; merging is for what is published), not on the merged rows.
     fit_unmerged: bool = False
+    #: Keep the *learning* cohorts apart from the *published* ones (ldp; :func:`cohort_round`):
+    #: merging decides only what is published, so the centroids the fit learns from survive a
+    #: small fleet's rounds instead of collapsing into one.
+    fine_cohorts: bool = False
+    #: A learning cohort lives while its engagement is that of ≥ ``fine_floor · min_population``
+    #: devices (of the mean cohort's, while the fleet is smaller than that per cohort).
+    fine_floor: float = 0.25
 
     def __post_init__(self) -> None:
         def need(ok: bool, arg: str, expected: str) -> None:
@@ -134,6 +141,7 @@ class CohortSettings:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         need(number("alpha") and self.alpha >= 0, "alpha", "a number ≥ 0")
+        need(number("fine_floor") and 0 < self.fine_floor <= 1, "fine_floor", "a number in (0, 1]")
         need(number("split_at") and self.split_at >= 2, "split_at", "a number ≥ 2")
         need(
             number("min_similarity") and -1 <= self.min_similarity <= 1,
@@ -724,6 +732,10 @@ class CohortModel:
     populations: np.ndarray
     #: bool[C]: split this round, so not yet measured by a census.
     provisional: np.ndarray
+    #: The published groups of learning cohorts (``fine_cohorts``), as ids, the one that is
+    #: published first: its population is the group's and its statistics pool the group's
+    #: rows. Empty: every cohort stands for itself.
+    groups: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -819,6 +831,8 @@ def cohort_round(
         raise InputError(
             f"settings: factors = {s.factors}, but the previous payload has {V_prev.shape[1]}"
         )
+    if s.fine_cohorts:
+        return _fine_round(previous, R, n, var, n_devices, ids_range, s, margin)
     row_centroids = centroid_update(V_prev, R, n, regularization=s.regularization)
     groups = merge_small(row_centroids, n, var, min_population=s.min_population, margin=margin)
     merged_ids = [tuple(int(previous.ids[g]) for g in grp) for grp in groups if len(grp) > 1]
@@ -877,6 +891,114 @@ def cohort_round(
     )
     model = CohortModel(payload, populations[order], provisional[order])
     return CohortRound(model, merged_ids, split_ids, fit.objective)
+
+
+def _fine_round(
+    previous: CohortPayload,
+    R: np.ndarray,
+    n: np.ndarray,
+    var: np.ndarray,
+    n_devices: float,
+    ids_range: range,
+    s: CohortSettings,
+    margin: float,
+) -> CohortRound:
+    """:func:`cohort_round` with ``fine_cohorts``: the learning cohorts persist and only the
+    publication merges.
+
+    - **Sizes for learning** come from each row's engagement mass, in devices (the fleet's
+      mass per device from the census' total), not from the per-cohort census: a cohort's
+      direction does not depend on its size, and at ε = 2 a cohort's census estimate has a
+      standard deviation of about 40 devices at 943 devices, which would scale some rows to
+      noise and zero others for good.
+    - A learning cohort lives while that size is ≥ ``fine_floor · min_population`` (of the
+      mean cohort's size, while that is smaller); its members join the nearest live one
+      otherwise. The largest split while there are fewer than the
+      reserved ids and the largest's census lower bound is ≥ ``split_at · min_population``
+      (as in :func:`cohort_round`: a split's children must both be publishable).
+    - **Publication** is :func:`merge_small` on the census, as for every segment: each group
+      of live, unsplit cohorts whose population lower bound clears ``min_population`` is
+      published once, under the id of its largest member (by census), with the group's bound;
+      the other members and split children are in the bundle unpublished. Devices rank by the
+      nearest published centroid.
+    """
+    mass = np.clip(R, 0, None).sum(axis=1)
+    total = float(mass.sum())
+    per_device = total / max(n_devices, 1.0) if total > 0 else 1.0
+    proxy = mass / per_device
+    # relative to the mean cohort while the fleet is smaller than one min_population per
+    # cohort: an early round must not end the cohorts a grown fleet would fill
+    floor = s.fine_floor * min(float(s.min_population), max(n_devices, 1.0) / R.shape[0])
+    alive = (proxy >= floor) & (proxy > 0)
+    if not alive.any():
+        alive = proxy == proxy.max()
+    live = np.flatnonzero(alive)
+    Ra, na = R[live], proxy[live]
+    V_prev = previous.factors.astype(np.float64)
+    fit = fit_offer_factors(Ra, na, V_prev, settings=s)
+    encoded = encode_factors(fit.V, s.encoding)
+    V_hat = decode_factors(encoded).astype(np.float64)
+    centroids = centroid_update(V_hat, Ra, na, regularization=s.regularization)
+    centroids, parent = split_largest(
+        centroids,
+        rates(Ra, na),
+        group_lower_bounds([(int(r),) for r in live], n, var, margin=margin),
+        V_hat,
+        regularization=s.regularization,
+        target=len(ids_range),
+        min_population=s.min_population,
+        split_at=s.split_at,
+        step=s.split_step,
+    )
+    split = np.bincount(parent, minlength=live.size) > 1
+    # ids: a live cohort keeps its own; a split's second child takes an id the previous round
+    # did not use (so no device's memo for it means another taste), else any free one
+    ids = np.empty(parent.size, dtype=np.int64)
+    taken = {int(previous.ids[live[p]]) for p in range(live.size)}
+    old = set(previous.ids.tolist())
+    seen: set[int] = set()
+    for j, p in enumerate(parent.tolist()):
+        if p not in seen:
+            ids[j] = int(previous.ids[live[p]])
+            seen.add(p)
+            continue
+        choice = next((i for i in ids_range if i not in taken and i not in old), None)
+        if choice is None:
+            choice = next(i for i in ids_range if i not in taken)
+        ids[j] = choice
+        taken.add(choice)
+    provisional = split[parent]
+    # publication: census-measured groups of the live, unsplit cohorts
+    whole = np.flatnonzero(~split)
+    rows = live[whole]
+    publish = merge_small(
+        centroid_update(V_hat, R[rows], np.maximum(n[rows], 1.0), regularization=s.regularization),
+        n[rows],
+        var[rows],
+        min_population=s.min_population,
+        margin=margin,
+    )
+    lower = group_lower_bounds(publish, n[rows], var[rows], margin=margin)
+    populations = np.full(parent.size, -np.inf)
+    position = {int(p): j for j, p in enumerate(parent.tolist()) if not split[p]}
+    groups = []
+    merged = []
+    for grp, bound in zip(publish, lower.tolist(), strict=True):
+        members = sorted(grp, key=lambda g: (-n[rows[g]], g))
+        at = [position[int(whole[g])] for g in members]
+        populations[at[0]] = bound
+        groups.append(tuple(int(ids[a]) for a in at))
+        if len(at) > 1:
+            merged.append(tuple(sorted(int(ids[a]) for a in at)))
+    order = np.argsort(ids, kind="stable")
+    payload = CohortPayload.build(
+        encoded, centroids[order], ids[order], regularization=s.regularization
+    )
+    model = CohortModel(
+        payload, populations[order], provisional[order], tuple(sorted(groups))
+    )
+    split_ids = sorted({int(previous.ids[live[p]]) for p in np.flatnonzero(split).tolist()})
+    return CohortRound(model, merged, split_ids, fit.objective)
 
 
 def fit_provenance() -> dict[str, str]:

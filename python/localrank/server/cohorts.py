@@ -14,7 +14,7 @@ no device ranks or reports by it in the clear) until the next census measures it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,9 @@ __all__ = ["CohortPublication", "cohort_settings", "next_cohorts", "round_zero"]
 
 #: ``extras`` name of the time of the last cohort round (float64[1]).
 ROUND_TIME = "extra_cohort_round_t"
+#: ``extras`` name of each cohort's published group (``fine_cohorts``): int64[C] in the
+#: payload's id order, the id the group is published under, or -1 when it is in none.
+GROUPS = "extra_cohort_group"
 
 
 def cohort_settings(config: BundleConfig) -> CohortSettings:
@@ -47,6 +50,7 @@ def cohort_settings(config: BundleConfig) -> CohortSettings:
         min_population=config.min_population,
         anchor=True,
         fit_unmerged=config.mode == "ldp",
+        fine_cohorts=config.mode == "ldp",
     )
 
 
@@ -80,6 +84,9 @@ class CohortPublication:
     populations: np.ndarray
     extras: dict[str, np.ndarray]
     round_ran: bool
+    #: The engagement the priors come from: each published group's rows pooled under the id
+    #: it is published as (the input's, when no cohort stands for a group).
+    engagement: Engagement | None = None
 
 
 def next_cohorts(
@@ -108,15 +115,22 @@ def next_cohorts(
     pops_out = np.asarray(published, dtype=np.int64).copy()
     last = bundle.extras.get(ROUND_TIME)
     due = last is None or t - float(last[0]) >= cfg.census_interval_days * 86400
+    margin = 0.0
+    if pops.influence is not None and current.ids.size:
+        margin = float(tolerated * np.max(pops.influence[current.ids.astype(np.int64)]))
     if not due or current.ids.size == 0 or pops.reports == 0:
+        kept = _groups_of(current, bundle.extras.get(GROUPS))
+        if kept:
+            # between rounds the groups stay; the census measures each group again
+            pops_out = _with_groups(pops_out, slots, kept, pops, margin, cfg)
+            extras = {**_round_time(last), GROUPS: _group_array(current, kept)}
+            live = tuple(g for g in kept if pops_out[g[0]] >= cfg.min_population)
+            return CohortPublication(current, pops_out, extras, False, _pooled(eng, live))
         return CohortPublication(current, pops_out, _round_time(last), False)
     ids = current.ids.astype(np.int64)
     col = {int(s): i for i, s in enumerate(eng.tracked)}
     sizes = np.maximum(pops.estimate[ids], 1.0)
     variances = np.maximum(pops.variance[ids], 0.0)
-    margin = 0.0
-    if pops.influence is not None:
-        margin = float(tolerated * np.max(pops.influence[ids]))
     if not any(int(cid) in col for cid in ids):
         # No cohort's engagement was collected yet: central mode reports a cohort in the clear
         # only once its population is published. Merge by the census alone, so that cohorts
@@ -140,6 +154,7 @@ def next_cohorts(
             # merge_small folds it into its nearest neighbour while it stays small.
             predicted = np.einsum("if,f->i", V_prev, current.centroids[r], optimize=False)
             counts[r] = sizes[r] * np.clip(predicted, 0.0, None)
+    settings = cohort_settings(cfg)
     done = cohort_round(
         current,
         counts,
@@ -147,7 +162,7 @@ def next_cohorts(
         variances,
         n_devices=max(float(pops.estimate[ROOT]), 1.0),
         id_range=(slots.start, slots.stop),
-        settings=cohort_settings(cfg),
+        settings=settings,
         margin=margin,
     )
     model = done.model
@@ -157,7 +172,14 @@ def next_cohorts(
         return CohortPublication(current, pops_out, _round_time(last), False)
     measured = np.where(model.provisional, -np.inf, model.populations)
     pops_out = _with_cohorts(pops_out, slots, model.payload, measured, cfg)
-    return CohortPublication(model.payload, pops_out, {ROUND_TIME: np.array([t])}, True)
+    extras = {ROUND_TIME: np.array([t])}
+    if settings.fine_cohorts:
+        groups = tuple(
+            g for g in model.groups if pops_out[g[0]] >= cfg.min_population
+        )
+        extras[GROUPS] = _group_array(model.payload, groups)
+        return CohortPublication(model.payload, pops_out, extras, True, _pooled(eng, groups))
+    return CohortPublication(model.payload, pops_out, extras, True)
 
 
 def merge_only(
@@ -208,6 +230,69 @@ def _with_cohorts(
         if population >= cfg.min_population:
             out[int(cid)] = int(np.floor(population))
     return out
+
+
+def _groups_of(payload: CohortPayload, array: np.ndarray | None) -> tuple[tuple[int, ...], ...]:
+    """The published groups :data:`GROUPS` records for ``payload`` (none when it records
+    nothing or another payload's), each the id it is published under first."""
+    if array is None or np.shape(array) != payload.ids.shape:
+        return ()
+    out: dict[int, list[int]] = {}
+    for cid, head in zip(payload.ids.tolist(), np.asarray(array).tolist(), strict=True):
+        if head >= 0:
+            out.setdefault(int(head), []).append(int(cid))
+    return tuple(
+        (head, *sorted(m for m in members if m != head))
+        for head, members in sorted(out.items())
+        if head in members
+    )
+
+
+def _group_array(payload: CohortPayload, groups: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    head = {m: g[0] for g in groups for m in g}
+    return np.array([head.get(int(c), -1) for c in payload.ids.tolist()], dtype=np.int64)
+
+
+def _with_groups(
+    published: np.ndarray,
+    slots: range,
+    groups: tuple[tuple[int, ...], ...],
+    pops: Populations,
+    margin: float,
+    cfg: BundleConfig,
+) -> np.ndarray:
+    """``published`` with the cohort slots' populations: each group's census lower bound under
+    its first id where it reaches ``min_population``, unknown elsewhere."""
+    out: np.ndarray = published.copy()
+    out[slots.start : slots.stop] = UNKNOWN_POPULATION
+    for g in groups:
+        members = list(g)
+        (bound,) = group_lower_bounds(
+            [tuple(range(len(members)))],
+            pops.estimate[members],
+            np.maximum(pops.variance[members], 0.0),
+            margin=margin,
+        )
+        if bound >= cfg.min_population:
+            out[g[0]] = int(np.floor(bound))
+    return out
+
+
+def _pooled(eng: Engagement, groups: tuple[tuple[int, ...], ...]) -> Engagement:
+    """``eng`` with each group's columns summed into its first id's (the priors of a published
+    group describe all its members); the other members' columns stay (they are unpublished,
+    so no prior is drawn from them)."""
+    col = {int(s): i for i, s in enumerate(eng.tracked)}
+    scores, variance = eng.scores.copy(), eng.variance.copy()
+    for g in groups:
+        if g[0] not in col:
+            continue
+        at = col[g[0]]
+        for m in g[1:]:
+            if m in col:
+                scores[:, at] += eng.scores[:, col[m]]
+                variance[:, at] += eng.variance[:, col[m]]
+    return replace(eng, scores=scores, variance=variance)
 
 
 def _round_time(last: np.ndarray | None) -> dict[str, np.ndarray]:
