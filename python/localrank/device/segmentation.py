@@ -14,8 +14,8 @@ bundle's factor space with the same allowed signals (:attr:`ProfileView.u
 finest segment. Its active one is its own cohort once that is published (population ≥
 ``min_population``); before that (a learning cohort too small to publish alone, or a split's
 child that no census has measured yet) the nearest published cohort, if its taste is close
-enough (:data:`STAND_IN_COSINE`), else the demographic one. Sensitive events never enter the profile, so they never move a device's
-cohort either.
+enough (:data:`STAND_IN_COSINE`), else the demographic one. Sensitive events never enter the
+profile, so they never move a device's cohort either.
 """
 
 from __future__ import annotations
@@ -80,17 +80,13 @@ class Segmentation:
         segs = bundle.segments
         finest = segs.finest(top, region)
         active = segs.active(finest, bundle.config.min_population)
-        cohort = None
-        if bundle.cohorts is not None:
-            c = bundle.cohorts
-            cohort = nearest_cohort(view.u, c.centroids, c.ids)
-        if cohort is not None:
+        c = bundle.cohorts
+        cohort = None if c is None else nearest_cohort(view.u, c.centroids, c.ids)
+        if c is not None and cohort is not None:
             finest = cohort
             # Ranked by the nearest *published* cohort: its own when published, else the
             # nearest that is (in ldp mode small cohorts learn apart and publish together),
             # if its taste is close enough to stand for the device's
-            c = bundle.cohorts
-            assert c is not None
             published = segs.populations[c.ids] >= bundle.config.min_population
             if published[c.ids == cohort].all():
                 active = cohort
