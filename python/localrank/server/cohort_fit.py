@@ -39,7 +39,7 @@ same bytes. No randomness is drawn (the content jitter is hashed, like the conte
 ties break by index, and every sum runs in ``np.einsum`` without BLAS (OpenBLAS splits a long
 summed dimension across threads, which changed the bits between 1 and 2 threads), so the BLAS
 thread count does not matter; the tests check that. The only LAPACK calls are batched f × f
-solves and one f × f inverse, each a single small matrix.
+solves and f × f inverses, each on single small matrices.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ class CohortSettings:
         for name in ("regularization", "offer_regularization", "per_cohort", "split_step"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name, "a number > 0")
+
         def number(name: str) -> bool:
             v = getattr(self, name)
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -353,9 +354,11 @@ def content_cohorts(
         for k in cats:
             rows[g] += M[:, k] / M[:, k].sum()
         rows[g] /= len(cats)
-    centroids = centroid_update(
-        Vf, rows, np.ones(len(groups)), regularization=regularization
-    ) if groups else np.zeros((0, Vf.shape[1]))
+    centroids = (
+        centroid_update(Vf, rows, np.ones(len(groups)), regularization=regularization)
+        if groups
+        else np.zeros((0, Vf.shape[1]))
+    )
     return centroids, groups
 
 
@@ -411,13 +414,23 @@ def _outer_rows(X: np.ndarray) -> np.ndarray:
 # f = 32 an iteration takes about 0.2 s.
 
 
+def _shared_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[m, f]: ``A⁻¹ b_k`` for every row ``b_k``, with one f × f matrix ``A`` shared by all
+    (one small inverse, then an einsum: without confidence weights every cohort's, and every
+    offer's, normal matrix is the same, and m batched solves of it were most of a round)."""
+    A_inv = np.linalg.inv(A)
+    out: np.ndarray = np.einsum("fg,kg->kf", (A_inv + A_inv.T) / 2, b, optimize=False)
+    return out
+
+
 def _solve_cohorts(P: np.ndarray, V: np.ndarray, alpha: float, lam: float) -> np.ndarray:
     f = V.shape[1]
     base = np.einsum("if,ig->fg", V, V, optimize=False) + lam * np.eye(f)
-    A = np.broadcast_to(base, (P.shape[0], f, f)).copy()
-    if alpha > 0:
-        A += alpha * np.einsum("ci,ij->cj", P, _outer_rows(V), optimize=False).reshape(-1, f, f)
     b = np.einsum("ci,if->cf", (1.0 + alpha * P) * P, V, optimize=False)
+    if alpha == 0:
+        return _shared_solve(base, b)
+    A = np.broadcast_to(base, (P.shape[0], f, f)).copy()
+    A += alpha * np.einsum("ci,ij->cj", P, _outer_rows(V), optimize=False).reshape(-1, f, f)
     out: np.ndarray = np.linalg.solve(A, b[:, :, None])[:, :, 0]
     return out
 
@@ -426,11 +439,15 @@ def _solve_offers(
     P: np.ndarray, W: np.ndarray, U: np.ndarray, lam_v: float, anchor: np.ndarray | None = None
 ) -> np.ndarray:
     f = U.shape[1]
-    A = np.einsum("ci,cj->ij", W, _outer_rows(U), optimize=False).reshape(-1, f, f)
-    A += lam_v * np.eye(f)
     b = np.einsum("ci,cf->if", W * P, U, optimize=False)
     if anchor is not None:
         b = b + lam_v * anchor
+    if W.shape[1] and np.all(W[:, :1] == W):
+        # every offer weighs the cohorts alike (no confidence term): one shared matrix
+        A0 = np.einsum("c,cf,cg->fg", W[:, 0], U, U, optimize=False) + lam_v * np.eye(f)
+        return _shared_solve(A0, b)
+    A = np.einsum("ci,cj->ij", W, _outer_rows(U), optimize=False).reshape(-1, f, f)
+    A += lam_v * np.eye(f)
     out: np.ndarray = np.linalg.solve(A, b[:, :, None])[:, :, 0]
     return out
 
@@ -767,9 +784,7 @@ def initial_model(
     """
     s = settings or CohortSettings()
     ids_range = _id_range(id_range)
-    encoded = encode_factors(
-        content_factors(offer_categories, n_categories, s.factors), s.encoding
-    )
+    encoded = encode_factors(content_factors(offer_categories, n_categories, s.factors), s.encoding)
     V_hat = decode_factors(encoded).astype(np.float64)
     centroids, groups = content_cohorts(
         V_hat, offer_categories, n_categories, regularization=s.regularization, pairs=pairs
@@ -871,9 +886,7 @@ def cohort_round(
     counts_of_parent = np.bincount(parent, minlength=len(groups))
     provisional = counts_of_parent[parent] > 1
     populations = np.where(provisional, lbm[parent] / 2, lbm[parent])
-    split_ids = sorted(
-        {int(previous.ids[groups[p][0]]) for p in parent[provisional].tolist()}
-    )
+    split_ids = sorted({int(previous.ids[groups[p][0]]) for p in parent[provisional].tolist()})
     # The previous cohorts' tastes, measured with this round's factors: the fold-ins of the
     # rows their members reported. Both sides then live in one basis, so "nearest" means the
     # same taste even when V changed completely (round 0's content factors to learned ones).
@@ -994,9 +1007,7 @@ def _fine_round(
     payload = CohortPayload.build(
         encoded, centroids[order], ids[order], regularization=s.regularization
     )
-    model = CohortModel(
-        payload, populations[order], provisional[order], tuple(sorted(groups))
-    )
+    model = CohortModel(payload, populations[order], provisional[order], tuple(sorted(groups)))
     split_ids = sorted({int(previous.ids[live[p]]) for p in np.flatnonzero(split).tolist()})
     return CohortRound(model, merged, split_ids, fit.objective)
 
