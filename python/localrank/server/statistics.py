@@ -295,50 +295,75 @@ def engagement(
     reports = 0
     noise_var = discrete_laplace_variance(central_epsilon, report_limit) if noise else 0.0
     central_var = noise_var if central_noise_variance is None else central_noise_variance
+    # The estimates below are linear in the sums' values and ñ, so the sums of one
+    # configuration and one set of tracked segments are added up first and de-biased once: a
+    # publication reads every epoch of the window, and de-biasing each apart was most of its
+    # time. Only the variance's plug-in count is not linear; it is clipped once on the total
+    # (clipping every epoch's estimate at 0 apart over-stated it).
+    # key: (configuration, tracked segments); value: summed values, summed ñ, and how many
+    # sums covered each offer
+    totals_by: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for s in sums:
-        mode, oracle, eps, perm = parse_config(s.config)
-        rows_here = np.array([row.get(o, -1) for o in s.offers])
+        rows_here = np.array([row.get(o, -1) for o in s.offers], dtype=np.int64)
         keep = rows_here >= 0
-        cols = np.array([col[int(t)] for t in s.segments])
-        values = s.values[keep].astype(np.float64)  # (o, 4, T)
+        target = rows_here[keep]
+        segments = np.asarray(s.segments, dtype=np.int64)
+        key = (s.config, segments.tobytes())
+        if key not in totals_by:
+            totals_by[key] = (
+                np.zeros((len(offers), len(EVENTS), segments.size)),
+                np.zeros((len(offers), len(EVENTS))),
+                np.zeros(len(offers)),
+                segments,
+            )
+        values_t, n_t, covered, _ = totals_by[key]
+        values = s.values[keep].astype(np.float64)
+        values_t[target] += values
+        n_t[target] += s.n[keep].astype(np.float64)
+        covered[target] += 1.0
+        central = parse_config(s.config)[0] == "central"
+        reports += int(max(values.sum(), 0)) if central else int(max(s.n.sum(), 0))
+    for (config, _), (values_t, n_t, covered, segments) in totals_by.items():
+        mode, oracle, eps, perm = parse_config(config)
+        cols = np.array([col[int(t)] for t in segments], dtype=np.int64)
+        k = covered[:, None, None]  # sums per offer, each with its own noise
         if mode == "central":
-            est = values
-            var = np.full_like(est, central_var)
-            totals = values.sum(axis=2)
-            reports += int(max(values.sum(), 0))
+            est = values_t
+            var = np.broadcast_to(k * central_var, est.shape)
+            totals = values_t.sum(axis=2)
             if influence is not None and parents is not None:
                 influence = np.maximum(
-                    influence, engagement_influence(mode, oracle, 1.0, 0.0, s.segments, parents)
+                    influence, engagement_influence(mode, oracle, 1.0, 0.0, segments, parents)
                 )
         else:
             assert eps is not None
             p, q = effective_probabilities(oracle, d_seg, eps, perm)
             if influence is not None and parents is not None:
                 influence = np.maximum(
-                    influence, engagement_influence(mode, oracle, p, q, s.segments, parents)
+                    influence, engagement_influence(mode, oracle, p, q, segments, parents)
                 )
-            n = s.n[keep].astype(np.float64)[:, :, None]
-            est = (values - n * q) / (p - q)
+            n = n_t[:, :, None]
+            est = (values_t - n * q) / (p - q)
             n_pos = np.maximum(n, 0)
             c = np.clip(est, 0, n_pos)
-            var = (c * p * (1 - p) + (n_pos - c) * q * (1 - q) + q**2 * noise_var) / (p - q) ** 2
-            totals = s.n[keep].astype(np.float64)
-            reports += int(max(s.n.sum(), 0))
-        target = rows_here[keep]
-        scores[np.ix_(target, cols)] += np.einsum("oet,e->ot", est, w)
-        variance[np.ix_(target, cols)] += np.einsum("oet,e->ot", var, w**2)
+            var = (c * p * (1 - p) + (n_pos - c) * q * (1 - q) + k * q**2 * noise_var) / (
+                p - q
+            ) ** 2
+            totals = n_t
+        scores[:, cols] += np.einsum("oet,e->ot", est, w)
+        variance[:, cols] += np.einsum("oet,e->ot", var, w**2)
         if mode == "central":
             # Noised counts summed over the T cells of each offer and event.
-            popularity[target] += totals @ w
-            popularity_var[target] += s.segments.size * central_var * float(np.sum(w**2))
+            popularity += totals @ w
+            popularity_var += covered * segments.size * central_var * float(np.sum(w**2))
         else:
-            counted[target] += totals @ w
-            counted_var[target] += noise_var * float(np.sum(w**2))
-            share, spread = _tracked_share(oracle, p, q, s.segments.size)
-            n_hat = values.sum(axis=2) / share  # (o, 4): unbiased for n, without ñ's noise
-            supported[target] += n_hat @ w
+            counted += totals @ w
+            counted_var += covered * noise_var * float(np.sum(w**2))
+            share, spread = _tracked_share(oracle, p, q, segments.size)
+            n_hat = values_t.sum(axis=2) / share  # (o, 4): unbiased for n, without ñ's noise
+            supported += n_hat @ w
             # The plug-in binomial variance of each count.
-            supported_var[target] += (n_hat * spread / share**2) @ w**2
+            supported_var += (n_hat * spread / share**2) @ w**2
             one_report = max(one_report, spread / share**2 * float(np.max(w**2)))
     # At least one report's variance: no support is not proof of no report.
     supported_var = np.maximum(supported_var, one_report)
