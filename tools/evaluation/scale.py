@@ -61,7 +61,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,8 @@ from localrank.bundle import BundleConfig
 from localrank.bundle.cohorts import CohortPayload
 from localrank.privacy import oracles
 from localrank.server.aggregate import AggregationSettings
-from localrank.server.cohort_fit import CohortSettings, cohort_round, initial_model
+from localrank.server.cohort_fit import cohort_round, initial_model
+from localrank.server.cohorts import cohort_settings
 from localrank.server.ingest import config_key
 from localrank.server.statistics import (
     EVENT_WEIGHTS,
@@ -198,7 +199,11 @@ def simulate(
     )
     d_seg, slots = segs.d_seg, segs.cohort_ids
     id_range = (slots.start, slots.stop)
-    settings = CohortSettings(factors=config.d, min_population=config.min_population)
+    # the product's fit (localrank.server.cohorts.cohort_settings): in ldp mode the learning
+    # cohorts stay apart; ids and counts in the clear are central mode's, which merges
+    settings = cohort_settings(config)
+    if not noise:
+        settings = replace(settings, fit_unmerged=False, fine_cohorts=False)
     agg = AggregationSettings()
     model, _ = initial_model(fleet.genres, fleet.n_genres, id_range=id_range, settings=settings)
     payload = model.payload
