@@ -31,6 +31,7 @@ from localrank.server.cohort_fit import (
     match_ids,
     merge_small,
     rates,
+    signal_shares,
     split_largest,
     target_cohorts,
 )
@@ -497,6 +498,66 @@ def test_payload_refuses_malformed_arrays_naming_them() -> None:
     with pytest.raises(InputError, match=r"^encoding: "):
         encode_payload(np.ones((5, 3)), np.ones((2, 3)), [7, 8], regularization=1.0,
                        encoding="int4")  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_the_fold_in_weight_travels_in_the_payload_and_defaults_to_one() -> None:
+    p = encode_payload(np.ones((5, 3)), np.ones((2, 3)), [7, 8], regularization=1.0)
+    assert p.fold_in_weight == 1.0
+    assert "fold_in_weight" not in p.encoded  # absent means 1: round 0's bytes do not change
+    half = CohortPayload.build(dict(p.encoded), p.centroids, p.ids, regularization=1.0,
+                               fold_in_weight=0.5)  # fmt: skip
+    back = CohortPayload.from_arrays(half.to_arrays())
+    assert back.fold_in_weight == 0.5
+    # rebuilt from a payload's arrays without a weight (merging by the census): kept
+    kept = CohortPayload.build(dict(back.encoded), back.centroids[:1], back.ids[:1],
+                               regularization=1.0)  # fmt: skip
+    assert kept.fold_in_weight == 0.5
+    for bad in (1.5, -0.1, float("nan"), True):
+        with pytest.raises(InputError, match=r"^fold_in_weight: expected a number in \[0, 1\]"):
+            CohortPayload.build(dict(p.encoded), p.centroids, p.ids, regularization=1.0,
+                                fold_in_weight=bad)  # fmt: skip
+    arrays = {**half.to_arrays(), "extra_cohort_fold_in_weight": np.array([0.5, 0.5])}
+    with pytest.raises(InputError, match=r"^extra_cohort_fold_in_weight: "):
+        CohortPayload.from_arrays(arrays)
+
+
+def test_signal_shares_measure_what_the_factors_see_of_the_noise() -> None:
+    """Eight rows: a planted deviation (opposite tastes, alternately) plus Gaussian noise of
+    known variance. The share must estimate signal / (signal + noise) of the deviation the
+    factors see, both measured here by brute force: the noise-free deviation's ‖Vᵀd‖², and the
+    noise's mean ‖Vᵀd‖² over 400 pure-noise draws. Pure noise gives about 0, no noise exactly 1.
+    f = 32 as the product's factors (with only 8 the ratio of noisy squares ran about 0.08 low:
+    a conservative bias). Tolerance 0.05: 200 draws average the estimate's own noise."""
+    rng = np.random.default_rng(3)
+    N, f, C, n_c = 400, 32, 8, 100.0
+    V = rng.standard_normal((N, f)) / np.sqrt(N)
+    base = np.full(N, 0.05)
+    direction = V @ rng.standard_normal(f)
+    direction *= 0.02 / np.sqrt(np.mean(direction**2))
+    signal = np.array([direction if c % 2 else -direction for c in range(C)])
+    n = np.full(C, n_c)
+    sd = np.sqrt(np.linspace(10.0, 60.0, C))[:, None] * np.ones((1, N))  # rows differ in noise
+
+    def deviation_sq(R: np.ndarray) -> np.ndarray:
+        d = (R - R.sum(axis=0) / C) @ V
+        out: np.ndarray = np.sum(d * d, axis=1)
+        return out
+
+    clean = n_c * (base + signal)
+    S = deviation_sq(clean)
+    noise = np.mean([deviation_sq(rng.normal(0, sd)) for _ in range(400)], axis=0)
+    want = S / (S + noise)
+    assert want.min() > 0.2 and want.max() < 0.95, want  # the rows span the interesting range
+    got = np.mean([signal_shares(clean + rng.normal(0, sd), n, sd**2, V) for _ in range(200)],
+                  axis=0)  # fmt: skip
+    np.testing.assert_allclose(got, want, atol=0.05)
+    assert signal_shares(clean, n, np.zeros((C, N)), V).tolist() == [1.0] * C
+    pure = [signal_shares(n_c * base + rng.normal(0, sd), n, sd**2, V) for _ in range(100)]
+    assert float(np.mean(pure)) <= 0.1
+    with pytest.raises(InputError, match=r"^count_variances: "):
+        signal_shares(clean, n, -np.ones((C, N)), V)
+    with pytest.raises(InputError, match=r"^V: "):
+        signal_shares(clean, n, np.zeros((C, N)), V[:10])
 
 
 # ---------------------------------------------------------------------------------------------

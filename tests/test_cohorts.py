@@ -691,3 +691,42 @@ def test_between_rounds_a_published_group_is_measured_again_as_a_group(tmp_path:
     assert out.engagement is not None
     np.testing.assert_array_equal(out.engagement.scores[:, 0], scores[:, 0] + scores[:, 1])
     np.testing.assert_array_equal(out.engagement.scores[:, 1:], scores[:, 1:])  # (c, d) unpublished
+
+
+def test_the_bundles_fold_in_weight_scales_w_dot_on_the_engine_and_in_onnx(tmp_path: Path) -> None:
+    """A bundle whose cohort rows were a quarter signal (``fold_in_weight`` 0.25) makes the
+    engine's kernel weigh ``u·E`` by ``w_dot·0.25`` at level full, and the ONNX export bake in
+    the same weight, so the two keep parity."""
+    from localrank.bundle.cohorts import CohortPayload
+    from localrank.device.engine import Tuning
+    from localrank.device.onnx_export import build_model
+
+    keys = Keys(tmp_path)
+    cfg = cohort_config("ldp")
+    cat = fixture_catalog(cfg.d)
+    zero = round_zero(cat, TAXONOMY, cfg)
+    payload = CohortPayload.build(dict(zero.encoded), zero.centroids, zero.ids,
+                                  regularization=zero.regularization, fold_in_weight=0.25)  # fmt: skip
+    data = build_bundle(
+        catalog=cat, taxonomy=TAXONOMY, config=cfg, cohorts=payload, version=2,
+        created=T0 - DAY, expires=T0 + 30 * DAY, signing_key=keys.private.read_bytes(),
+    )  # fmt: skip
+    b = open_bundle(data, keys.public, now=T0)
+    assert b.cohorts is not None and b.cohorts.fold_in_weight == 0.25
+    clock = FixedClock(T0)
+    engine = Engine.open(tmp_path / "d.db", public_key=keys.public, bundle=data, clock=clock,
+                         tuning=Tuning(w_dot=2.0, w_prior=1.0))  # fmt: skip
+    try:
+        for k in range(4):
+            clock.set(T0 + k * HOUR)
+            engine.record("purchase", context=CONTEXT, offer=f"o-books-{k}", now=T0 + k * HOUR)
+        now = T0 + DAY
+        clock.set(now)
+        assert engine.scoring_inputs(CONTEXT, now=now).w_dot == 0.5
+        engine.update_settings(level="coarse")
+        assert engine.scoring_inputs(CONTEXT, now=now).w_dot == 0.0
+    finally:
+        engine.close()
+    model = build_model(b, k=5, w_dot=2.0, w_prior=1.0)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert float(meta["localrank.w_dot"]) == 0.5

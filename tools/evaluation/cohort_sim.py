@@ -67,11 +67,13 @@ def rank(
     k: int = 10,
     chunk: int = 4096,
 ) -> list[list[int]]:
-    """Top ``k`` unseen items per device by ``V̂·u + β·log1p(pop)/log1p(max pop)`` (without a
+    """Top ``k`` unseen items per device by ``w·V̂·u + β·log1p(pop)/log1p(max pop)``, ``w`` the
+    payload's ``fold_in_weight`` (without a
     payload, or with ``U`` zero: by popularity alone), ties to the lowest item."""
     bias = popularity_bias(pop, beta)
     out: list[list[int]] = []
-    V = None if payload is None else payload.factors.astype(np.float64)
+    # the learned term weighs as on a device: by the payload's measured share of signal
+    V = None if payload is None else payload.fold_in_weight * payload.factors.astype(np.float64)
     for start in range(0, len(seen), chunk):
         stop = min(start + chunk, len(seen))
         S = np.repeat(bias[None, :], stop - start, axis=0)

@@ -265,6 +265,7 @@ def simulate(
             sizes = np.maximum(census[ids], 1.0)
             variances = np.zeros(ids.size)
             counts = w[CONVERSION] * clear_counts[ids]
+            noise_var = np.zeros_like(counts)
             margin, n_devices = 0.0, float(census.sum())
         else:
             devices = np.arange(fleet.n_devices)
@@ -312,9 +313,11 @@ def simulate(
             if pops.influence is not None:
                 margin = float(agg.forged_reports_tolerated * np.max(pops.influence[ids]))
             counts = np.zeros((ids.size, n_items))
+            noise_var = np.zeros_like(counts)
             for r, cid in enumerate(ids.tolist()):
                 if cid in col:
                     counts[r] = eng.scores[:, col[cid]]
+                    noise_var[r] = eng.variance[:, col[cid]]
             n_devices = max(float(pops.estimate[ROOT]), 1.0)
         done = cohort_round(
             payload,
@@ -325,6 +328,7 @@ def simulate(
             id_range=id_range,
             settings=settings,
             margin=margin,
+            count_variances=noise_var,
         )
         # what the bundle publishes a population for: measured (not split this round) and ≥ k
         published = int(

@@ -13,6 +13,12 @@ server.
 | ``centroids`` | ``[C, f]`` float32 | the cohorts' centroids in factor space |
 | ``ids`` | ``[C]`` int32 | the cohorts' segment ids (a reserved range of the domain) |
 | ``regularization`` | ``[]`` float64 | ``λ`` |
+| ``fold_in_weight`` | ``[]`` float64, optional | the rows' share of signal, in [0, 1] (absent: 1) |
+
+``fold_in_weight`` scales the ranking's ``w_dot·u·V_i`` term on every device: the server's own
+measure of how much of the cohort rows it learned ``V`` from is signal rather than the
+de-biasing noise of randomised reports (:func:`localrank.server.cohort_fit.signal_shares`). Under
+heavy noise the learned term fades out, and ranking falls back on the prior and popularity.
 
 ``gram_inv`` is computed from the decoded factors, not the server's full-precision ones, so a
 device's fold-in is exactly the ridge solve on the factors it holds. At 2,000 offers and f = 32
@@ -43,6 +49,7 @@ __all__ = [
 FactorEncoding = Literal["float32", "float16", "int8"]
 FACTOR_ENCODINGS: tuple[FactorEncoding, ...] = ("float32", "float16", "int8")
 _NAMES = ("factors", "factor_scale", "gram_inv", "centroids", "ids", "regularization")
+_OPTIONAL = ("factor_scale", "fold_in_weight")
 
 
 def encode_factors(factors: np.ndarray, encoding: FactorEncoding) -> dict[str, np.ndarray]:
@@ -114,6 +121,8 @@ class CohortPayload:
     ids: np.ndarray  # int32[C]
     regularization: float
     encoded: Mapping[str, np.ndarray]  # exactly what goes into the bundle
+    #: scales ``w_dot`` on the device (the module docstring)
+    fold_in_weight: float = 1.0
 
     def to_arrays(self, prefix: str = "extra_cohort_") -> dict[str, np.ndarray]:
         """The plain arrays to store, their names prefixed (the bundle's extras need
@@ -130,10 +139,10 @@ class CohortPayload:
             InputError: naming the array that is missing or malformed.
         """
         raw: dict[str, np.ndarray] = {}
-        for name in _NAMES:
+        for name in (*_NAMES, "fold_in_weight"):
             if prefix + name in arrays:
                 raw[name] = np.asarray(arrays[prefix + name])
-            elif name != "factor_scale":
+            elif name not in _OPTIONAL:
                 raise InputError(f"{prefix}{name}: expected in the bundle's arrays, missing")
         try:
             V = decode_factors(raw)
@@ -159,7 +168,8 @@ class CohortPayload:
         for name, a in (("factors", V), ("gram_inv", gram_inv), ("centroids", centroids)):
             if not np.all(np.isfinite(a)):
                 raise InputError(f"{prefix}{name}: expected finite values")
-        return cls(V, gram_inv, centroids, ids.astype(np.int32), float(lam), raw)
+        weight = _fold_in_weight(raw.get("fold_in_weight"), prefix + "fold_in_weight")
+        return cls(V, gram_inv, centroids, ids.astype(np.int32), float(lam), raw, weight)
 
     @classmethod
     def build(
@@ -169,9 +179,11 @@ class CohortPayload:
         ids: np.ndarray,
         *,
         regularization: float,
+        fold_in_weight: float | None = None,
     ) -> CohortPayload:
         """The payload of already encoded factors: ``gram_inv`` is computed from the decoded
-        ``V̂``, ``centroids`` are stored as float32 and ``ids`` as int32.
+        ``V̂``, ``centroids`` are stored as float32 and ``ids`` as int32. ``fold_in_weight``:
+        None keeps the one ``encoded_factors`` carries (a previous payload's arrays), else 1.
 
         Raises:
             InputError: naming the argument.
@@ -192,6 +204,11 @@ class CohortPayload:
         if not (np.isfinite(regularization) and regularization > 0):
             raise InputError(f"regularization: expected a number > 0, got {regularization!r}")
         encoded = {k: np.asarray(v) for k, v in encoded_factors.items()}
+        kept = encoded.pop("fold_in_weight", None)
+        weight = _fold_in_weight(kept if fold_in_weight is None else fold_in_weight,
+                                 "fold_in_weight")  # fmt: skip
+        if weight != 1.0:  # absent means 1: round 0's bundles keep their bytes
+            encoded["fold_in_weight"] = np.asarray(weight, dtype=np.float64)
         gram_inv = gram_inverse(V_hat, float(regularization)).astype(np.float32)
         encoded["gram_inv"] = gram_inv
         encoded["centroids"] = C.astype(np.float32)
@@ -204,12 +221,23 @@ class CohortPayload:
             encoded["ids"],
             float(regularization),
             encoded,
+            weight,
         )
 
     @property
     def payload_bytes(self) -> int:
         """Bytes of the stored arrays' data (each .npy file adds a ~128-byte header)."""
         return sum(int(a.nbytes) for a in self.encoded.values())
+
+
+def _fold_in_weight(value: object, arg: str) -> float:
+    """A weight in [0, 1] (None: 1), or InputError naming ``arg``."""
+    if value is None:
+        return 1.0
+    a = np.asarray(value)
+    if a.shape != () or a.dtype.kind not in "fiu" or not (0.0 <= float(a) <= 1.0):
+        raise InputError(f"{arg}: expected a number in [0, 1], got {value!r}")
+    return float(a)
 
 
 def encode_payload(

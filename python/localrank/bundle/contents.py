@@ -379,6 +379,12 @@ class Bundle:
         prior: np.ndarray = self.priors[segment]
         return prior
 
+    def fold_in_weight(self, w_dot: float) -> float:
+        """``w_dot`` as this bundle's ranking uses it: scaled by the cohorts' measured share
+        of signal (:mod:`localrank.bundle.cohorts`; 1 without cohorts). The engine and the
+        ONNX export both weigh ``u·E`` by it."""
+        return float(w_dot) * (1.0 if self.cohorts is None else self.cohorts.fold_in_weight)
+
     @property
     def oracle(self) -> str:
         """The LDP oracle devices use for segments: the config's, or for ``auto`` the one

@@ -406,6 +406,7 @@ def build_model(
     n, d, C = len(cat), cat.d, len(bundle.taxonomy)
     if n == 0:
         raise InputError("bundle: the catalog is empty; there is nothing to rank")
+    w_dot = bundle.fold_in_weight(w_dot)  # as the engine's ranking weighs u·E
     geo = OfferGeometry.of(bundle)
     f32 = np.float32
     K = min(k, n)

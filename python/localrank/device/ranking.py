@@ -123,7 +123,7 @@ def scoring_inputs(
     return ScoringInputs(
         u=np.ascontiguousarray(u, dtype=np.float32),
         prior=np.ascontiguousarray(prior, dtype=np.float32),
-        w_dot=tuning.w_dot if level == "full" else 0.0,
+        w_dot=bundle.fold_in_weight(tuning.w_dot) if level == "full" else 0.0,
         w_prior=tuning.w_prior if level != "off" else 0.0,
         eligible=eligibility(bundle, geometry, guardrails),
         adjust=adjust_term(geometry, guardrails),

@@ -79,6 +79,7 @@ __all__ = [
     "match_ids",
     "merge_small",
     "rates",
+    "signal_shares",
     "split_largest",
     "target_cohorts",
 ]
@@ -250,6 +251,46 @@ def centroid_update(
     return out
 
 
+def signal_shares(
+    counts: object, sizes: object, count_variances: object, V: object
+) -> np.ndarray:
+    """float64[C] in [0, 1]: for each row, the share of its deviation from the fleet's mean
+    profile that is signal rather than noise, *as the factors see it*. A row's deviation per
+    offer is ``d_c = R[c] − n_c·r`` (``r`` the rows' pooled rate); the factors see
+    ``Vᵀd_c``, whose squared length is, in expectation, the signal's plus the noise's,
+    ``Σ_i ν_ci·‖V_i‖²`` with ``ν_ci`` the variance of ``d_c``'s noise at offer ``i`` (from
+    ``count_variances``, independent across rows and offers; the pooled rate shares some of
+    it), so the share is ``max(0, 1 − that noise / ‖Vᵀd_c‖²)`` (0 for a row with no
+    deviation).
+    Measured per offer instead, the noise of 1,682 movies buries a signal that lives in a
+    few directions, which is the point of a low-rank fit.
+
+    Popularity is what the deviation leaves out on purpose: the ranking has it from the offer
+    bias already, and ``V·u`` earns its weight only by what a cohort does differently.
+
+    Raises:
+        InputError: naming the argument.
+    """
+    R, n = _rows(counts, sizes)
+    var = _array(count_variances, "count_variances", 2)
+    if var.shape != R.shape or np.any(var < 0):
+        raise InputError(f"count_variances: expected {R.shape} values ≥ 0, got {var.shape}")
+    Vf = _factors(V)
+    if Vf.shape[0] != R.shape[1]:
+        raise InputError(f"V: expected [{R.shape[1]}, f] like the rows' offers, got {Vf.shape}")
+    w = np.clip(n, 0, None)
+    total = float(w.sum())
+    share = w / total if total > 0 else np.zeros(w.size)  # each row's part of the pooled rate
+    dev = np.einsum("ci,if->cf", R - share[:, None] * R.sum(axis=0), Vf, optimize=False)
+    square = np.einsum("cf,cf->c", dev, dev, optimize=False)
+    # d_c's noise is (1 − s_c)·e_c − s_c·Σ_{o≠c} e_o: variance (1 − 2s_c)·σ²_c + s_c²·Σ_o σ²_o
+    per_offer = (1 - 2 * share)[:, None] * var + (share**2)[:, None] * var.sum(axis=0)
+    noise = np.einsum("ci,if,if->c", per_offer, Vf, Vf, optimize=False)
+    safe = np.where(square > 0, square, 1.0)
+    out: np.ndarray = np.where(square > 0, np.clip(1.0 - noise / safe, 0.0, 1.0), 0.0)
+    return out
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.einsum("cf,cf->c", x, x))
     out: np.ndarray = x / np.where(norms > 0, norms, 1.0)[:, None]
@@ -381,9 +422,11 @@ def als_objective(
     regularization: float,
     offer_regularization: float,
     anchor: object | None = None,
+    row_weights: object | None = None,
 ) -> float:
     """``J(U, V)`` of the module docstring; with ``anchor`` (float ``[offers, f]``) the offers'
-    term is ``λ_V·‖V − anchor‖²``.
+    term is ``λ_V·‖V − anchor‖²``; with ``row_weights`` each row weighs by its own, not by its
+    size.
 
     Raises:
         InputError: naming the argument.
@@ -392,7 +435,7 @@ def als_objective(
     P = rates(R, n)
     Uf = _array(U, "U", 2)
     Vf = _factors(V)
-    w = np.clip(n, 0, None)
+    w = np.clip(n if row_weights is None else _array(row_weights, "row_weights", 1), 0, None)
     S = np.einsum("cf,if->ci", Uf, Vf, optimize=False)
     conf = 1.0 + alpha * P
     data = float(np.einsum("c,ci->", w, conf * (P - S) ** 2))
@@ -458,6 +501,7 @@ def fit_offer_factors(
     initial: object,
     *,
     settings: CohortSettings | None = None,
+    row_weights: object | None = None,
 ) -> AlsFit:
     """Weighted implicit ALS on the cohort × offer rows (module docstring), warm-started from
     ``initial`` (float ``[offers, f]``: the previous bundle's ``V``, or round 0's content
@@ -472,7 +516,12 @@ def fit_offer_factors(
     if R.shape[1] != V.shape[0]:
         raise InputError(f"counts: expected [C, {V.shape[0]}] to match initial, got {R.shape}")
     P = rates(R, n)
-    W = np.clip(n, 0, None)[:, None] * (1.0 + s.alpha * P)
+    weights = n
+    if row_weights is not None:
+        weights = _array(row_weights, "row_weights", 1)
+        if weights.shape != n.shape:
+            raise InputError(f"row_weights: expected one per row ({n.size}), got {weights.shape}")
+    W = np.clip(weights, 0, None)[:, None] * (1.0 + s.alpha * P)
     anchor = V.copy() if s.anchor else None
     trace: list[float] = []
     U = np.zeros((R.shape[0], V.shape[1]))
@@ -489,6 +538,7 @@ def fit_offer_factors(
                 regularization=s.regularization,
                 offer_regularization=s.offer_regularization,
                 anchor=anchor,
+                row_weights=weights,
             )
         )
     return AlsFit(V, U, tuple(trace))
@@ -809,6 +859,7 @@ def cohort_round(
     margin: float = 0.0,
     earlier_counts: object | None = None,
     earlier_sizes: object | None = None,
+    count_variances: object | None = None,
 ) -> CohortRound:
     """One round: the previous bundle's payload plus this round's rows (in ``previous.ids``
     order) give the next payload.
@@ -826,6 +877,10 @@ def cohort_round(
             different partition of the same fleet shows more co-engagement, so they join the
             ALS fit as further pseudo-users (not the centroids, merging or ids).
         earlier_sizes: float ``[E]``, their populations.
+        count_variances: float ``[C, offers]``, optional: the noise variance of each count
+            (de-biasing, server noise). With them the payload's ``fold_in_weight`` is the
+            rows' :func:`signal_shares`, weighted by size, and (``fine_cohorts``) each row
+            weighs into the fit by its size times its share; without, both are 1.
 
     Raises:
         InputError: naming the argument.
@@ -846,8 +901,13 @@ def cohort_round(
         raise InputError(
             f"settings: factors = {s.factors}, but the previous payload has {V_prev.shape[1]}"
         )
+    noise = None
+    if count_variances is not None:
+        noise = _array(count_variances, "count_variances", 2)
+        if noise.shape != R.shape or np.any(noise < 0):
+            raise InputError(f"count_variances: expected {R.shape} values ≥ 0, got {noise.shape}")
     if s.fine_cohorts:
-        return _fine_round(previous, R, n, var, n_devices, ids_range, s, margin)
+        return _fine_round(previous, R, n, var, n_devices, ids_range, s, margin, noise)
     row_centroids = centroid_update(V_prev, R, n, regularization=s.regularization)
     groups = merge_small(row_centroids, n, var, min_population=s.min_population, margin=margin)
     merged_ids = [tuple(int(previous.ids[g]) for g in grp) for grp in groups if len(grp) > 1]
@@ -868,6 +928,10 @@ def cohort_round(
         R_fit, n_fit = np.vstack([Rm, Re]), np.concatenate([nm, ne])
     fit = fit_offer_factors(R_fit, n_fit, V_prev, settings=s)
     encoded = encode_factors(fit.V, s.encoding)
+    weight = 1.0
+    if noise is not None:
+        noise_m = np.array([noise[list(g)].sum(axis=0) for g in groups])
+        weight = _weighted_share(signal_shares(Rm, nm, noise_m, V_prev), nm)
     V_hat = decode_factors(encoded).astype(np.float64)
     centroids = centroid_update(V_hat, Rm, nm, regularization=s.regularization)
     # never more cohorts than the reserved ids can name
@@ -900,10 +964,17 @@ def cohort_round(
     )
     order = np.argsort(ids, kind="stable")
     payload = CohortPayload.build(
-        encoded, centroids[order], ids[order], regularization=s.regularization
-    )
+        encoded, centroids[order], ids[order], regularization=s.regularization,
+        fold_in_weight=weight,
+    )  # fmt: skip
     model = CohortModel(payload, populations[order], provisional[order])
     return CohortRound(model, merged_ids, split_ids, fit.objective)
+
+
+def _weighted_share(shares: np.ndarray, sizes: np.ndarray) -> float:
+    """The rows' signal shares averaged by size (1 when no row has a size)."""
+    w = np.clip(sizes, 0, None)
+    return float(np.clip((shares * w).sum() / w.sum(), 0.0, 1.0)) if w.sum() > 0 else 1.0
 
 
 def _fine_round(
@@ -915,6 +986,7 @@ def _fine_round(
     ids_range: range,
     s: CohortSettings,
     margin: float,
+    noise: np.ndarray | None = None,
 ) -> CohortRound:
     """:func:`cohort_round` with ``fine_cohorts``: the learning cohorts persist and only the
     publication merges.
@@ -948,7 +1020,13 @@ def _fine_round(
     live = np.flatnonzero(alive)
     Ra, na = R[live], proxy[live]
     V_prev = previous.factors.astype(np.float64)
-    fit = fit_offer_factors(Ra, na, V_prev, settings=s)
+    weight, fit_sizes = 1.0, na
+    if noise is not None:
+        shares = signal_shares(Ra, na, noise[live], V_prev)
+        weight = _weighted_share(shares, na)
+        # a row weighs by the devices' signal it carries: noise alone leaves V at its anchor
+        fit_sizes = na * shares
+    fit = fit_offer_factors(Ra, na, V_prev, settings=s, row_weights=fit_sizes)
     encoded = encode_factors(fit.V, s.encoding)
     V_hat = decode_factors(encoded).astype(np.float64)
     centroids = centroid_update(V_hat, Ra, na, regularization=s.regularization)
@@ -1005,8 +1083,9 @@ def _fine_round(
             merged.append(tuple(sorted(int(ids[a]) for a in at)))
     order = np.argsort(ids, kind="stable")
     payload = CohortPayload.build(
-        encoded, centroids[order], ids[order], regularization=s.regularization
-    )
+        encoded, centroids[order], ids[order], regularization=s.regularization,
+        fold_in_weight=weight,
+    )  # fmt: skip
     model = CohortModel(payload, populations[order], provisional[order], tuple(sorted(groups)))
     split_ids = sorted({int(previous.ids[live[p]]) for p in np.flatnonzero(split).tolist()})
     return CohortRound(model, merged, split_ids, fit.objective)

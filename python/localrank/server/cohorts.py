@@ -142,10 +142,12 @@ def next_cohorts(
         pops_out = _with_cohorts(pops_out, slots, payload, populations, cfg)
         return CohortPublication(payload, pops_out, {ROUND_TIME: np.array([t])}, True)
     counts = np.zeros((ids.size, len(bundle.catalog)))
+    noise = np.zeros_like(counts)  # a predicted row (below) carries no noise of its own
     V_prev = current.factors.astype(np.float64)
     for r, cid in enumerate(ids):
         if int(cid) in col:
             counts[r] = eng.scores[:, col[int(cid)]]
+            noise[r] = eng.variance[:, col[int(cid)]]
         else:
             # Not collected (central mode: a cohort not yet published): its taste is unknown
             # this round, not "engaged with nothing". A zero row would shrink its offers'
@@ -164,6 +166,7 @@ def next_cohorts(
         id_range=(slots.start, slots.stop),
         settings=settings,
         margin=margin,
+        count_variances=noise,
     )
     model = done.model
     if model.payload.ids.size == 0:
