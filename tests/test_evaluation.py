@@ -169,6 +169,13 @@ def test_small_run_reports_through_the_privacy_code(small_run: dict) -> None:
     assert 0 < cell["engagement_reports"] <= cell["training_events"]
     assert 0 < cell["reported_share"] <= 1
     assert cell["census_reports"] > 0
+    # every reporting device memoised at least its census value, each at ε_perm = 4; no
+    # 30-day window holds more memo ε than the budget (64)
+    memos = cell["memos"]
+    assert memos["devices"] > 0 and memos["memos_mean"] >= 1
+    assert memos["memo_epsilon_mean"] == pytest.approx(4.0 * memos["memos_mean"])
+    assert 0 < memos["memo_epsilon_30_days_max"] <= 64
+    assert 0 < memos["memo_share_of_30_day_spend_mean"] <= 1
 
 
 def test_small_run_measures_every_ranker(small_run: dict) -> None:

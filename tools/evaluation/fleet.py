@@ -23,6 +23,7 @@ import numpy as np
 
 from localrank.bundle import open_bundle
 from localrank.device.engine import Engine, Tuning
+from localrank.device.reports import LedgerEntry
 from localrank.errors import BundleError
 from localrank.shared.clock import SECONDS_PER_DAY, FixedClock
 from tools.evaluation.movie_catalog import CONTEXT, age_band, offer_id, region_of_user
@@ -39,6 +40,8 @@ __all__ = [
     "run_reports",
 ]
 
+#: The privacy budget's window (30 days).
+WINDOW_S = 30 * SECONDS_PER_DAY
 #: How long after a device's last training event it ranks: past the 30-minute cool-down.
 AFTER_LAST_EVENT_S = 31 * 60
 
@@ -130,6 +133,8 @@ class ReportRun:
     drained: bool
     refused_bundles: int
     final_bundle: bytes
+    #: what the devices' memoised permanent responses cost (:func:`memo_spend`)
+    memos: dict[str, float]
 
 
 def run_reports(
@@ -206,6 +211,7 @@ def run_reports(
                 drained = True
                 break
         final = server.publish(start + (day + 1) * SECONDS_PER_DAY + 12 * 3600)
+        memos = memo_spend([e.privacy_ledger() for e in engines.values()])
     finally:
         for engine in engines.values():
             engine.close()
@@ -220,7 +226,47 @@ def run_reports(
         drained=drained,
         refused_bundles=refused,
         final_bundle=final,
+        memos=memos,
     )
+
+
+def memo_spend(ledgers: Sequence[Sequence[LedgerEntry]]) -> dict[str, float]:
+    """Per device, from its own privacy ledger: how many permanent responses it memoised (one
+    per distinct value it ever reported, cohort ids included) and their ε, in total and in its
+    worst 30 days, and that worst window's share of everything the device spent then. Means
+    and maxima over the devices that reported."""
+    count, total, worst, share = [], [], [], []
+    for ledger in ledgers:
+        if not ledger:
+            continue
+        t = np.array([e.t for e in ledger])
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        eps = np.array([e.epsilon for e in ledger])[order]
+        is_memo = np.array([e.kind == "memo" for e in ledger])[order]
+        count.append(int(is_memo.sum()))
+        total.append(float(eps[is_memo].sum()))
+        # every window [t_j, t_j + 30 days), by prefix sums
+        ends = np.searchsorted(t, t + WINDOW_S, side="left")
+        all_c = np.concatenate([[0.0], np.cumsum(eps)])
+        memo_c = np.concatenate([[0.0], np.cumsum(np.where(is_memo, eps, 0.0))])
+        starts = np.arange(t.size)
+        in_memo = memo_c[ends] - memo_c[starts]
+        in_all = all_c[ends] - all_c[starts]
+        j = int(np.argmax(in_memo))
+        worst.append(float(in_memo[j]))
+        share.append(float(in_memo[j] / in_all[j]) if in_all[j] > 0 else 0.0)
+    if not count:
+        return {}
+    return {
+        "devices": float(len(count)),
+        "memos_mean": float(np.mean(count)),
+        "memos_max": float(np.max(count)),
+        "memo_epsilon_mean": float(np.mean(total)),
+        "memo_epsilon_30_days_mean": float(np.mean(worst)),
+        "memo_epsilon_30_days_max": float(np.max(worst)),
+        "memo_share_of_30_day_spend_mean": float(np.mean(share)),
+    }
 
 
 def ranking_time(last_t: float) -> float:

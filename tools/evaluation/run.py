@@ -148,6 +148,7 @@ def _cell_run(
         "census_reports": run.censuses,
         "training_events": run.events,
         "reported_share": run.reported_share,
+        "memos": run.memos,
         "metrics": metrics,
         # per published bundle: cohorts carried and published (populations ≥ k)
         "cohort_rounds": rounds,
