@@ -374,6 +374,29 @@ def markdown(report: dict[str, Any]) -> str:
             f"{full['coverage']:.3f} | {r['epochs']} | {r['reported_share']:.0%} | "
             f"{whole} |"
         )
+    lines += [
+        "",
+        "Per cell: the cohorts in the last bundle (of them published, population ≥ k), and the "
+        "memo spend per device (memoised permanent responses, ε_perm each; their ε in the "
+        "device's worst 30 days, mean and max, against the 30-day budget):",
+        "",
+        "| cell | cohorts (published) | memos per device, mean / max | memo ε in 30 days, "
+        "mean / max | memo share of that window's spend |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["cells"]:
+        rounds = r.get("cohort_rounds") or [{"cohorts": 0, "published": 0}]
+        memo = r.get("memos") or {}
+        spend = (
+            f"{memo['memos_mean']:.1f} / {memo['memos_max']:.0f} | "
+            f"{memo['memo_epsilon_30_days_mean']:.1f} / {memo['memo_epsilon_30_days_max']:.0f} | "
+            f"{memo['memo_share_of_30_day_spend_mean']:.0%}"
+            if memo
+            else " | | "
+        )
+        lines.append(
+            f"| {r['name']} | {rounds[-1]['cohorts']} ({rounds[-1]['published']}) | {spend} |"
+        )
     ceilings = report.get("ceilings", {})
     if ceilings:
         names = {
