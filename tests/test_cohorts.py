@@ -705,8 +705,10 @@ def test_the_bundles_fold_in_weight_scales_w_dot_on_the_engine_and_in_onnx(tmp_p
     cfg = cohort_config("ldp")
     cat = fixture_catalog(cfg.d)
     zero = round_zero(cat, TAXONOMY, cfg)
-    payload = CohortPayload.build(dict(zero.encoded), zero.centroids, zero.ids,
-                                  regularization=zero.regularization, fold_in_weight=0.25)  # fmt: skip
+    payload = CohortPayload.build(
+        dict(zero.encoded), zero.centroids, zero.ids,
+        regularization=zero.regularization, fold_in_weight=0.25,
+    )  # fmt: skip
     data = build_bundle(
         catalog=cat, taxonomy=TAXONOMY, config=cfg, cohorts=payload, version=2,
         created=T0 - DAY, expires=T0 + 30 * DAY, signing_key=keys.private.read_bytes(),

@@ -777,12 +777,15 @@ def match_ids(
                 taken_prev[b] = True
     old = set(prev_ids.tolist())
     for a in np.flatnonzero(new_ids < 0):
-        taken = set(new_ids.tolist())
-        choice = next((i for i in ids_range if i not in taken and i not in old), None)
-        if choice is None:
-            choice = next(i for i in ids_range if i not in taken)
-        new_ids[a] = choice
+        new_ids[a] = _fresh_id(ids_range, set(new_ids.tolist()), old)
     return new_ids
+
+
+def _fresh_id(ids_range: range, taken: set[int], old: set[int]) -> int:
+    """The lowest id in ``ids_range`` not ``taken`` that the previous round did not use (so no
+    device's memo for it means another taste), or failing that the lowest not taken."""
+    choice = next((i for i in ids_range if i not in taken and i not in old), None)
+    return choice if choice is not None else next(i for i in ids_range if i not in taken)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1053,11 +1056,8 @@ def _fine_round(
             ids[j] = int(previous.ids[live[p]])
             seen.add(p)
             continue
-        choice = next((i for i in ids_range if i not in taken and i not in old), None)
-        if choice is None:
-            choice = next(i for i in ids_range if i not in taken)
-        ids[j] = choice
-        taken.add(choice)
+        ids[j] = _fresh_id(ids_range, taken, old)
+        taken.add(int(ids[j]))
     provisional = split[parent]
     # publication: census-measured groups of the live, unsplit cohorts
     whole = np.flatnonzero(~split)

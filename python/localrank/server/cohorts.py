@@ -14,6 +14,7 @@ no device ranks or reports by it in the clear) until the next census measures it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -139,7 +140,7 @@ def next_cohorts(
         if merged is None:
             return CohortPublication(current, pops_out, _round_time(last), False)
         payload, populations = merged
-        pops_out = _with_cohorts(pops_out, slots, payload, populations, cfg)
+        pops_out = _with_cohorts(pops_out, slots, payload.ids, populations, cfg)
         return CohortPublication(payload, pops_out, {ROUND_TIME: np.array([t])}, True)
     counts = np.zeros((ids.size, len(bundle.catalog)))
     noise = np.zeros_like(counts)  # a predicted row (below) carries no noise of its own
@@ -174,7 +175,7 @@ def next_cohorts(
         # go on reporting them and a later round, with more census, can publish.
         return CohortPublication(current, pops_out, _round_time(last), False)
     measured = np.where(model.provisional, -np.inf, model.populations)
-    pops_out = _with_cohorts(pops_out, slots, model.payload, measured, cfg)
+    pops_out = _with_cohorts(pops_out, slots, model.payload.ids, measured, cfg)
     extras = {ROUND_TIME: np.array([t])}
     if settings.fine_cohorts:
         groups = tuple(
@@ -221,15 +222,15 @@ def merge_only(
 def _with_cohorts(
     published: np.ndarray,
     slots: range,
-    payload: CohortPayload,
+    ids: Sequence[int] | np.ndarray,
     lower: np.ndarray,
     cfg: BundleConfig,
 ) -> np.ndarray:
-    """``published`` with the cohort slots' populations: each cohort's lower bound where it
-    reaches ``min_population``, unknown otherwise (and for every free slot)."""
+    """``published`` with the cohort slots' populations: the lower bound of each id in ``ids``
+    where it reaches ``min_population``, unknown otherwise (and for every free slot)."""
     out: np.ndarray = published.copy()
     out[slots.start : slots.stop] = UNKNOWN_POPULATION
-    for cid, population in zip(payload.ids, lower, strict=True):
+    for cid, population in zip(ids, lower, strict=True):
         if population >= cfg.min_population:
             out[int(cid)] = int(np.floor(population))
     return out
@@ -266,19 +267,13 @@ def _with_groups(
 ) -> np.ndarray:
     """``published`` with the cohort slots' populations: each group's census lower bound under
     its first id where it reaches ``min_population``, unknown elsewhere."""
-    out: np.ndarray = published.copy()
-    out[slots.start : slots.stop] = UNKNOWN_POPULATION
-    for g in groups:
-        members = list(g)
-        (bound,) = group_lower_bounds(
-            [tuple(range(len(members)))],
-            pops.estimate[members],
-            np.maximum(pops.variance[members], 0.0),
-            margin=margin,
-        )
-        if bound >= cfg.min_population:
-            out[g[0]] = int(np.floor(bound))
-    return out
+    lower = group_lower_bounds(
+        [list(g) for g in groups],
+        pops.estimate,
+        np.maximum(pops.variance, 0.0),
+        margin=margin,
+    )
+    return _with_cohorts(published, slots, [g[0] for g in groups], lower, cfg)
 
 
 def _pooled(eng: Engagement, groups: tuple[tuple[int, ...], ...]) -> Engagement:
